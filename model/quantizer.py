@@ -1,0 +1,62 @@
+"""Nearest-code vector quantization with bounded memory and float32 distances.
+
+diffusers' `VectorQuantizer` calls `torch.cdist` on all latent vectors against the whole codebook at once: an
+(N, K) float matrix that grows with the image and the codebook (16384 codes x a 128x128 grid = 1 GiB). Here the
+distances use the expanded form ||z||^2 - 2 z.e + ||e||^2 over chunks of rows, always in float32 whatever the
+model's dtype, so half-precision serving picks the same codes. The argmin equals cdist's except on exact ties.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Distance matrix elements computed at once; 2**24 float32 = 64 MiB per chunk.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+class VectorQuantizer(nn.Module):
+    """A codebook of `num_embeddings` vectors of width `embed_dim`; key `embedding.weight` as in diffusers."""
+
+    def __init__(self, num_embeddings: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_embeddings, embed_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / num_embeddings, 1.0 / num_embeddings)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.embedding.num_embeddings
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embedding.embedding_dim
+
+    @torch.no_grad()
+    def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """(N, D) vectors -> (N,) int64 indices of the nearest codebook entries, in float32."""
+        codebook = self.embedding.weight.float()
+        codebook_t = codebook.t().contiguous()  # (D, K)
+        codebook_sq = codebook.pow(2).sum(dim=1)  # (K,)
+        z_flat = z_flat.float()
+        rows = max(1, _CHUNK_ELEMENTS // codebook.shape[0])
+        out = torch.empty(z_flat.shape[0], dtype=torch.long, device=z_flat.device)
+        for start in range(0, z_flat.shape[0], rows):
+            z = z_flat[start : start + rows]  # (n, D)
+            dist = torch.addmm(codebook_sq, z, codebook_t, alpha=-2.0)  # ||e||^2 - 2 z.e : (n, K)
+            dist.add_(z.pow(2).sum(dim=1, keepdim=True))  # + ||z||^2
+            out[start : start + rows] = dist.argmin(dim=1)
+        return out
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) integer indices -> (B, D, h, w) codebook vectors."""
+        return F.embedding(indices.long(), self.embedding.weight).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) latents -> (quantized (B, D, h, w) in the latents' dtype, indices (B, h, w))."""
+        b, d, h, w = latents.shape
+        if d != self.embed_dim:
+            raise ValueError(f"latents have {d} channels but the codebook vectors have {self.embed_dim}")
+        z_flat = latents.permute(0, 2, 3, 1).reshape(-1, d)  # (B, D, h, w) -> (B*h*w, D)
+        indices = self.nearest(z_flat).view(b, h, w)
+        return self.lookup(indices).to(latents.dtype), indices

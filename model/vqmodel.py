@@ -1,0 +1,106 @@
+"""`VQModel`: diffusers' VQ-VAE / VQGAN autoencoder in plain PyTorch, checkpoint-compatible with it.
+
+Same config fields, same state-dict keys, the same outputs (see tests/model/test_parity.py). The serving code uses
+`encode` -> `quantize` -> `decode_indices`; `decode` and `forward` keep diffusers' semantics for callers that
+hand latents around (diffusion pipelines).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .autoencoder import Decoder, Encoder
+from .config import VQModelConfig
+from .quantizer import VectorQuantizer
+
+
+class VQModel(nn.Module):
+    def __init__(self, config: VQModelConfig | None = None, **fields: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = VQModelConfig(**fields)
+        elif fields:
+            raise TypeError("pass either a VQModelConfig or config fields, not both")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.latent_channels, config.embed_dim, kernel_size=1)
+        self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.latent_channels, kernel_size=1)
+        self.decoder = Decoder(config)
+
+    # properties the service reports
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.num_vq_embeddings
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_dtype_param().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_dtype_param().device
+
+    def conv_dtype_param(self) -> torch.Tensor:
+        return self.encoder.conv_in.weight
+
+    # the autoencoder
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_channels, H, W) in [-1, 1] -> latents (B, vq_embed_dim, H/f, W/f), before quantization."""
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, latents: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        """Latents (B, vq_embed_dim, h, w) -> images (B, out_channels, h*f, w*f), as diffusers' `decode`.
+
+        The latents are quantized first unless `force_not_quantize`. An integer tensor (B, h, w) is taken as code
+        indices (diffusers' `lookup_from_codebook` path).
+        """
+        if not latents.is_floating_point():
+            return self.decode_indices(latents)
+        quantized = latents if force_not_quantize else self.quantize(latents)[0]
+        return self._decode_quantized(quantized)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, h, w) -> images (B, out_channels, h*f, w*f) through codebook lookup."""
+        if indices.ndim != 3:
+            raise ValueError(f"indices must be shaped (B, h, w), got {tuple(indices.shape)}")
+        return self._decode_quantized(self.quantize.lookup(indices).to(self.dtype))
+
+    def _decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        # the spatial-norm decoder is conditioned on the quantized latents themselves
+        return self.decoder(self.post_quant_conv(quantized), quantized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> reconstructions through the codebook."""
+        return self.decode(self.encode(x))
+
+    # checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        subfolder: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> VQModel:
+        """Load a diffusers-format directory (`config.json` + weights) with strict key checking."""
+        directory = checkpoint.resolve_dir(path, subfolder)
+        model = cls(checkpoint.load_config(directory))
+        state = checkpoint.load_state_dict(directory)
+        checkpoint.check_keys(set(model.state_dict()), set(state))
+        model.load_state_dict(state, strict=True)
+        model.eval().requires_grad_(False)
+        return model.to(device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the checkpoint that diffusers' `VQModel.from_pretrained` loads."""
+        return checkpoint.save(path, self.config, self.state_dict())
