@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import VQModelConfig
-from .layers import EPS, Attention, Downsample, ResnetBlock, SpatialNorm, Upsample, activation
+from .layers import EPS, Attention, Downsample, ResnetBlock, SpatialNorm, Upsample
 
 
 class DownBlock(nn.Module):
@@ -21,9 +21,7 @@ class DownBlock(nn.Module):
     ) -> None:
         super().__init__()
         g, act = cfg.norm_num_groups, cfg.act_fn
-        self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, g, act) for i in range(n_layers)
-        )
+        self.resnets = nn.ModuleList(ResnetBlock(in_ch if i == 0 else out_ch, out_ch, g, act) for i in range(n_layers))
         self.attentions = nn.ModuleList(Attention(out_ch, g) for _ in range(n_layers)) if attention else None
         self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
 

@@ -1,0 +1,65 @@
+"""The chunked float32 nearest-code search agrees with cdist + argmin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import quantizer
+from model.quantizer import VectorQuantizer
+
+
+def _quantizer(codes: int, dim: int, seed: int = 0) -> VectorQuantizer:
+    torch.manual_seed(seed)
+    vq = VectorQuantizer(codes, dim)
+    with torch.no_grad():
+        vq.embedding.weight.normal_()
+    return vq
+
+
+@pytest.mark.parametrize(("codes", "dim"), [(16, 3), (512, 4), (4096, 64), (16384, 4)])
+def test_argmin_equals_cdist(codes: int, dim: int) -> None:
+    vq = _quantizer(codes, dim)
+    z = torch.randn(3000, dim)
+    expected = torch.cdist(z, vq.embedding.weight).argmin(dim=1)
+    assert torch.equal(vq.nearest(z), expected)
+
+
+def test_chunks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    vq = _quantizer(100, 8)
+    z = torch.randn(1037, 8)
+    whole = vq.nearest(z)
+    monkeypatch.setattr(quantizer, "_CHUNK_ELEMENTS", 100 * 7)  # 7 rows per chunk, a ragged last chunk
+    assert torch.equal(vq.nearest(z), whole)
+
+
+def test_half_precision_model_uses_float32_distances() -> None:
+    """Codes a half-precision model picks equal the float32 search on the same (half-rounded) values."""
+    vq = _quantizer(2048, 4)
+    z = torch.randn(2, 4, 16, 16)
+    half = VectorQuantizer(2048, 4).to(torch.bfloat16)
+    half.load_state_dict(vq.state_dict())
+    quantized, indices = half(z.to(torch.bfloat16))
+    assert quantized.dtype == torch.bfloat16
+    flat = z.to(torch.bfloat16).float().permute(0, 2, 3, 1).reshape(-1, 4)
+    expected = torch.cdist(flat, half.embedding.weight.float()).argmin(dim=1).view(2, 16, 16)
+    assert torch.equal(indices, expected)
+
+
+def test_forward_shapes_and_lookup_round_trip() -> None:
+    vq = _quantizer(64, 8)
+    z = torch.randn(2, 8, 5, 7)
+    quantized, indices = vq(z)
+    assert quantized.shape == z.shape
+    assert indices.shape == (2, 5, 7)
+    assert indices.dtype == torch.long
+    assert torch.equal(vq.lookup(indices), quantized)
+    # quantizing a codebook vector returns it unchanged
+    again, again_idx = vq(quantized)
+    assert torch.equal(again_idx, indices)
+    assert torch.equal(again, quantized)
+
+
+def test_wrong_channel_count_is_rejected() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        _quantizer(64, 8)(torch.randn(1, 4, 2, 2))
