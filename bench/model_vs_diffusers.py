@@ -56,13 +56,40 @@ def load_pair(checkpoint: Path | None, tmp: Path) -> tuple[DiffusersVQModel, VQM
     return theirs, ours, source
 
 
-def median_seconds(fn: Callable[[], torch.Tensor], repeats: int) -> list[float]:
+def timed(fn: Callable[[], torch.Tensor], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def compare(
+    theirs: DiffusersVQModel, ours: VQModel, images: torch.Tensor, repeats: int
+) -> list[tuple[str, float, float, float]]:
+    """(op, diffusers median s, ours median s, difference) for encode, decode and end to end."""
+    latents = theirs.encode(images).latents
+    ops: dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]] = {
+        "encode": (
+            lambda: theirs.quantize(theirs.encode(images).latents)[2][2],
+            lambda: ours.quantize(ours.encode(images))[1],
+        ),
+        "decode": (lambda: theirs.decode(latents).sample, lambda: ours.decode(latents)),
+        "end-to-end": (lambda: theirs(images).sample, lambda: ours(images)),
+    }
+    rows = []
+    for name, (their_fn, our_fn) in ops.items():
+        a, b = their_fn(), our_fn()
+        # encode: how many code indices differ; images: the largest absolute difference
+        diff = float((a.flatten() != b.flatten()).sum()) if name == "encode" else (a - b).abs().max().item()
+        t_theirs: list[float] = []
+        t_ours: list[float] = []
+        for _ in range(repeats):  # alternate so drift hits both
+            t_theirs += timed(their_fn, 1)
+            t_ours += timed(our_fn, 1)
+        rows.append((name, statistics.median(t_theirs), statistics.median(t_ours), diff))
+    return rows
 
 
 def main() -> None:
@@ -88,33 +115,12 @@ def main() -> None:
     with torch.inference_mode():
         for batch in args.batches:
             images = torch.rand(batch, ours.config.in_channels, args.size, args.size, generator=g) * 2 - 1
-            latents = theirs.encode(images).latents
-            ops: dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]] = {
-                "encode": (
-                    lambda: theirs.quantize(theirs.encode(images).latents)[0],
-                    lambda: ours.quantize(ours.encode(images))[0],
-                ),
-                "decode": (lambda: theirs.decode(latents).sample, lambda: ours.decode(latents)),
-                "end-to-end": (lambda: theirs(images).sample, lambda: ours(images)),
-            }
-            for name, (their_fn, our_fn) in ops.items():
-                diff = (their_fn() - our_fn()).abs().max().item() if name != "encode" else 0.0
-                if name == "encode":  # compare codes, the service's output
-                    _, _, (_, _, ref_idx) = theirs.quantize(theirs.encode(images).latents)
-                    ours_idx = ours.quantize(ours.encode(images))[1]
-                    diff = float((ref_idx.flatten() != ours_idx.flatten()).sum())
-                t_theirs, t_ours = [], []
-                for _ in range(args.repeats):  # alternate so drift hits both
-                    t_theirs += median_seconds(their_fn, 1)
-                    t_ours += median_seconds(our_fn, 1)
-                m_theirs, m_ours = statistics.median(t_theirs), statistics.median(t_ours)
+            for name, m_theirs, m_ours, diff in compare(theirs, ours, images, args.repeats):
                 if name == "end-to-end":
                     totals["theirs"] += m_theirs
                     totals["ours"] += m_ours
-                print(
-                    f"{name:<12}{batch:>6}{m_theirs * 1e3:>14.1f}{m_ours * 1e3:>10.1f}"
-                    f"{m_theirs / m_ours:>8.2f}{diff:>12.2e}"
-                )
+                ms = f"{m_theirs * 1e3:>14.1f}{m_ours * 1e3:>10.1f}"
+                print(f"{name:<12}{batch:>6}{ms}{m_theirs / m_ours:>8.2f}{diff:>12.2e}")
     print(f"end-to-end ratio over all batches (diffusers / ours): {totals['theirs'] / totals['ours']:.2f}")
 
 

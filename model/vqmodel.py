@@ -94,7 +94,7 @@ class VQModel(nn.Module):
             if isinstance(module, Upsample):
                 module.fuse()
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack the kwarg
         return self
 
     # checkpoints
