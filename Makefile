@@ -28,8 +28,10 @@ unit: $(STAMP)
 
 test: lint unit
 
+# Every figure of bench/README.md: the model against diffusers, then the service against its peers.
 bench: $(STAMP)
 	$(BIN)/python -m bench.model_vs_diffusers
+	$(BIN)/python -m bench.service_vs_peers --curves
 
 train: $(STAMP)
 	$(BIN)/python -m model.train --preset default --out model/weights/default

@@ -1,0 +1,215 @@
+"""vqserve over HTTP against its peers, side by side in one run (issue 7's goals 1-4).
+
+1. vqserve vs LitServe (batching, max batch 8) hosting diffusers' VQModel: /reconstruct throughput and p99 at 16
+   concurrent clients, PNG in and out (LitServe with its idiomatic JSON/base64 interface).
+2. vqserve vs diffusers' VQModel in-process at batch 8 (no HTTP, no codecs): throughput.
+3. One client: vqserve's median latency vs our model's bare compute time for the same image.
+4. Scaling curves (`--curves`): throughput and p50/p99 against concurrency and image size -> bench/results/.
+
+Servers run one at a time as subprocesses on 127.0.0.1; the load generator (bench/loadgen.py) is its own process.
+
+    .venv/bin/python -m bench.service_vs_peers [--checkpoint DIR] [--seconds 20] [--curves]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_CHECKPOINT = ROOT / "model" / "weights" / "default"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def photo_png(size: int) -> bytes:
+    """A real photo (scikit-image's astronaut), resized to size x size, as PNG bytes."""
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def server(command: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"{command[2]} exited early:\n{log.read().decode()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"{ready_url} never became ready")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def vqserve(checkpoint: Path, port: int) -> contextlib.AbstractContextManager[None]:
+    env = {"VQSERVE_MAX_BATCH_SIZE": "8", "VQSERVE_MAX_WAIT_MS": "5", "VQSERVE_MAX_QUEUE": "1024"}
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--model-path", str(checkpoint)]
+    return server(command, f"http://127.0.0.1:{port}/readyz", env)
+
+
+def litserve(checkpoint: Path, port: int) -> contextlib.AbstractContextManager[None]:
+    command = [sys.executable, "-m", "bench.peers.litserve_vq", "--checkpoint", str(checkpoint), "--port", str(port)]
+    return server(command, f"http://127.0.0.1:{port}/health")
+
+
+def load(url: str, style: str, image: Path, concurrency: int, seconds: float) -> dict:
+    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--style", style, "--image", str(image)]
+    command += ["--concurrency", str(concurrency), "--seconds", str(seconds)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@torch.inference_mode()
+def bare_throughputs(checkpoint: Path, png: bytes, repeats: int = 5) -> dict:
+    """In-process images/s of diffusers at batch 8, and our model's compute time at batch 1 (no HTTP, no codecs)."""
+    from diffusers import VQModel as DiffusersVQModel
+
+    from model import VQModel
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 127.5 - 1
+    one = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    eight = one.repeat(8, 1, 1, 1)
+    theirs = DiffusersVQModel.from_pretrained(checkpoint).eval()
+    ours = VQModel.from_pretrained(checkpoint).optimize_for_inference()
+
+    def median(fn, x: torch.Tensor) -> float:  # type: ignore[no-untyped-def]
+        fn(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    diffusers_b8 = median(lambda x: theirs(x).sample, eight)
+    ours_b1 = median(lambda x: ours.decode_indices(ours.quantize(ours.encode(x))[1]), one)
+    return {"diffusers_batch8_images_per_s": 8 / diffusers_b8, "ours_batch1_compute_ms": ours_b1 * 1e3}
+
+
+def headline(checkpoint: Path, seconds: float, work: Path) -> dict:
+    image = work / "photo256.png"
+    image.write_bytes(photo_png(256))
+    port = free_port()
+    with vqserve(checkpoint, port):
+        url = f"http://127.0.0.1:{port}"
+        ours16 = load(url, "vqserve", image, 16, seconds)
+        ours1 = load(url, "vqserve", image, 1, seconds)
+    port = free_port()
+    with litserve(checkpoint, port):
+        peer16 = load(f"http://127.0.0.1:{port}", "litserve", image, 16, seconds)
+    bare = bare_throughputs(checkpoint, image.read_bytes())
+    return {
+        "vqserve_c16": ours16,
+        "litserve_c16": peer16,
+        "vqserve_c1": ours1,
+        "bare": bare,
+        "goal1_throughput_ratio_vs_litserve": ours16["throughput_rps"] / peer16["throughput_rps"],
+        "goal1_p99_ratio_vs_litserve": ours16["p99_ms"] / peer16["p99_ms"],
+        "goal2_throughput_ratio_vs_bare_diffusers_b8": ours16["throughput_rps"] / bare["diffusers_batch8_images_per_s"],
+        "goal3_c1_median_over_bare_compute": ours1["p50_ms"] / bare["ours_batch1_compute_ms"],
+    }
+
+
+def curves(checkpoint: Path, seconds: float, work: Path, concurrencies: list[int], sizes: list[int]) -> list[dict]:
+    rows = []
+    port = free_port()
+    with vqserve(checkpoint, port):
+        for size in sizes:
+            image = work / f"photo{size}.png"
+            image.write_bytes(photo_png(size))
+            for c in concurrencies:
+                result = load(f"http://127.0.0.1:{port}", "vqserve", image, c, seconds)
+                rows.append({"size": size, **result})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def plot(rows: list[dict], machine: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for size in sorted({r["size"] for r in rows}):
+        sub = [r for r in rows if r["size"] == size]
+        cs = [r["concurrency"] for r in sub]
+        ax_t.plot(cs, [r["throughput_rps"] for r in sub], marker="o", label=f"{size}²")
+        ax_l.plot(cs, [r["p50_ms"] for r in sub], marker="o", label=f"{size}² p50")
+        ax_l.plot(cs, [r["p99_ms"] for r in sub], marker="x", linestyle="--", label=f"{size}² p99")
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.legend(fontsize=7)
+    ax_t.set_ylabel("images / s")
+    ax_l.set_ylabel("latency ms")
+    ax_l.set_yscale("log")
+    fig.suptitle(f"vqserve /reconstruct, PNG in/out — {machine}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--curves", action="store_true", help="also the scaling curves (goal 4)")
+    parser.add_argument("--curve-seconds", type=float, default=8.0)
+    parser.add_argument("--concurrencies", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512])
+    args = parser.parse_args()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.checkpoint)}
+        result |= headline(args.checkpoint, args.seconds, Path(tmp))
+        (RESULTS / "headline.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        if args.curves:
+            rows = curves(args.checkpoint, args.curve_seconds, Path(tmp), args.concurrencies, args.sizes)
+            (RESULTS / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+            plot(rows, machine)
+
+
+if __name__ == "__main__":
+    main()
