@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from diffusers import VQModel as DiffusersVQModel
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # copies of ../shared/reference/configs
 REAL_CONFIGS = (
     "ldm-celebahq-256-vqvae.json",
     "kandinsky-2-2-movq.json",

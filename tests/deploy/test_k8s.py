@@ -1,0 +1,246 @@
+"""Kubernetes manifests: every overlay rendered with `kubectl kustomize` and validated offline and strictly.
+
+`kubernetes-validate` carries the Kubernetes JSON schemas, so validation needs no cluster. Custom resources
+(ServiceMonitor, InferenceService, ScaledObject) have no schema there: their kind and key fields are checked
+here by hand. Then the production properties of the issue are asserted on the rendered output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import K8S, load_yaml
+
+OVERLAYS = ("cpu", "gpu")
+COMPONENTS = ("weights-pvc", "weights-init")
+# the oldest Kubernetes minor the manifests promise to work on, and the newest the validator knows
+K8S_VERSIONS = ("1.30.0", "1.37.0")
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("serving.kserve.io/v1beta1", "InferenceService"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+}
+
+
+def _kubectl() -> str:
+    exe = shutil.which("kubectl")
+    if exe is None:
+        pytest.skip("kubectl is not installed, so the kustomize overlays cannot be rendered here")
+    return exe
+
+
+def _render(directory: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _validate(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate each resource strictly; return the custom resources the validator has no schema for."""
+    import kubernetes_validate
+
+    custom = []
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"no schema for {doc['kind']}"
+                custom.append(doc)
+                break
+            except kubernetes_validate.ValidationError as error:
+                path = ".".join(str(part) for part in error.path)
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {version}: {path}: {error.message}")
+    return custom
+
+
+def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        assert doc["kind"] not in kinds, f"two {doc['kind']} resources"
+        kinds[doc["kind"]] = doc
+    return kinds
+
+
+def _env(kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return dict(kinds["ConfigMap"]["data"])
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, dict[str, dict[str, Any]]]:
+    docs = _render(K8S / "overlays" / request.param)
+    custom = _validate(docs)
+    assert [doc["kind"] for doc in custom] == ["ServiceMonitor"]
+    return request.param, _by_kind(docs)
+
+
+def test_overlay_has_every_resource(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    _, kinds = overlay
+    expected = {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "HorizontalPodAutoscaler",
+    }
+    assert set(kinds) == expected
+    assert {doc["metadata"]["namespace"] for doc in kinds.values()} == {"vqserve"}
+
+
+def test_deployment_is_production_shaped(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    _, kinds = overlay
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1, "one process per pod"
+    container = pod["containers"][0]
+    assert container["envFrom"] == [{"configMapRef": {"name": kinds["ConfigMap"]["metadata"]["name"]}}]
+
+    # probes map one to one onto the service's health endpoints; the startup probe covers model loading
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+
+    # the drain fits: preStop sleep + shutdown delay + VQSERVE_GRACEFUL_TIMEOUT_S < terminationGracePeriodSeconds
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    env = _env(kinds)
+    drain = float(pre_stop[1]) + float(env["VQSERVE_SHUTDOWN_DELAY_S"]) + float(env["VQSERVE_GRACEFUL_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] >= drain + 10
+
+    resources = container["resources"]
+    assert set(resources["requests"]) >= {"cpu", "memory"}
+    assert set(resources["limits"]) >= {"cpu", "memory"}
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    tmp = {mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"}
+    assert any(volume["name"] in tmp and "emptyDir" in volume for volume in pod["volumes"])
+
+
+def test_selectors_match_the_pods(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    _, kinds = overlay
+    labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+    assert selects(kinds["Deployment"]["spec"]["selector"]["matchLabels"])
+    assert selects(kinds["Service"]["spec"]["selector"])
+    assert selects(kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"])
+    assert selects(kinds["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"])
+    service_labels = kinds["Service"]["metadata"]["labels"]
+    monitor = kinds["ServiceMonitor"]["spec"]
+    assert all(service_labels.get(k) == v for k, v in monitor["selector"]["matchLabels"].items())
+    service_ports = {port["name"] for port in kinds["Service"]["spec"]["ports"]}
+    assert [endpoint["port"] for endpoint in monitor["endpoints"]] == ["http"]
+    assert "http" in service_ports
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+    container_ports = {
+        p["name"]: p["containerPort"] for p in kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports["http"] == int(_env(kinds)["VQSERVE_PORT"])
+
+
+def test_hpa_scales_on_queue_depth_with_slow_scale_down(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    _, kinds = overlay
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vqserve"}
+    assert hpa["metrics"][0]["type"] == "Pods"
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "vqserve_queue_depth"
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
+    # a fixed replica count would be reset by every `kubectl apply`, fighting the autoscaler
+    assert "replicas" not in kinds["Deployment"]["spec"]
+
+
+def test_overlay_specifics(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    name, kinds = overlay
+    env = _env(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].endswith(f":{name}")
+    if name == "gpu":
+        assert env["VQSERVE_DEVICE"] == "cuda"
+        assert env["VQSERVE_DTYPE"] == "float16"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"]
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    else:
+        assert env["VQSERVE_DEVICE"] == "cpu"
+        assert env["VQSERVE_DTYPE"] == "float32"
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        assert "nodeSelector" not in pod
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_weights_components_render_and_mount_models(component: str, tmp_path: Path) -> None:
+    """Kustomize only renders a component through an overlay: build one in a copy of the tree."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    overlay = tree / "overlays" / "with-weights"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [../gpu]\ncomponents: [../../components/{component}]\n"
+    )
+    docs = _render(overlay)
+    _validate(docs)
+    kinds = {doc["kind"]: doc for doc in docs}
+    assert kinds["ConfigMap"]["data"]["VQSERVE_MODEL_PATH"].startswith("/models/")
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    if component == "weights-pvc":
+        assert kinds["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadOnlyMany"]
+    else:
+        init = pod["initContainers"][0]
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {m["mountPath"] for m in init["volumeMounts"]} == {"/models"}
+
+
+def test_strict_validation_rejects_a_misspelt_field() -> None:
+    """Guards the tests above: strict validation must catch an unknown field, not ignore it."""
+    import kubernetes_validate
+
+    deployment = load_yaml(K8S / "base/deployment.yaml")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_extras_are_well_formed() -> None:
+    """KServe and KEDA are CRDs (no schema offline): check kind and the fields that matter."""
+    isvc = load_yaml(K8S / "extras/kserve-inferenceservice.yaml")
+    assert (isvc["apiVersion"], isvc["kind"]) in CUSTOM_KINDS
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["name"] == "kserve-container"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert int(env["VQSERVE_PORT"]) == container["ports"][0]["containerPort"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    keda = load_yaml(K8S / "extras/keda-scaledobject.yaml")
+    assert (keda["apiVersion"], keda["kind"]) in CUSTOM_KINDS
+    assert keda["spec"]["scaleTargetRef"]["name"] == "vqserve"
+    trigger = keda["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus"
+    assert "vqserve_queue_depth" in trigger["metadata"]["query"]
+    scale_down = keda["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 60
