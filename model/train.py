@@ -1,0 +1,273 @@
+"""Train a VQModel and write it in diffusers' format: `python -m model.train --preset default --out DIR`.
+
+This is how the shipped checkpoints under model/weights/ were made. The model trains on random multi-scale
+crops of the photos scikit-image and scikit-learn ship (or a folder, or scikit-learn's digits), never on the
+evaluation photos. At each evaluation the best model so far is written to --out (config.json, safetensors,
+training.json), so a run may be stopped at any time; the full training state (optimizer included) goes to
+--state for --resume. Runs on CPU or GPU; a --seed fixes the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from model import VQModel, VQModelConfig
+from model.training import data
+from model.training.evaluate import evaluate
+from model.training.objective import CodebookKeeper, forward_loss
+from model.training.presets import PRESETS, Preset
+
+RESTART_EVERY = 50  # steps between dead-code restarts
+LR_WARMUP = 100  # steps of linear learning-rate warm-up
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="named config and defaults")
+    parser.add_argument("--config", type=Path, help="a config.json to train instead of the preset's config")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the diffusers-format checkpoint")
+    parser.add_argument("--data", help="'photos' (shipped photos), 'digits', or a folder of images")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--crop", type=int, help="training crop side in pixels")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--eval-crop", type=int, help="side of the held-out evaluation crops")
+    parser.add_argument("--vq-warmup", type=int, help="steps without quantization before seeding the codebook")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--state", type=Path, help="resumable training state file (default runs/<out>/state.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from --state")
+    args = parser.parse_args(argv)
+    preset: Preset = PRESETS[args.preset]
+    for name in ("data", "steps", "batch_size", "crop", "lr", "eval_every", "eval_crop", "vq_warmup"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(preset, name))
+    if args.state is None:
+        args.state = Path("runs") / args.out.name / "state.pt"
+    if min(args.steps, args.batch_size, args.crop, args.eval_every) <= 0:
+        parser.error("--steps, --batch-size, --crop and --eval-every must be positive")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> VQModelConfig:
+    if args.config is not None:
+        return VQModelConfig.from_json_file(args.config)
+    return VQModelConfig.from_dict(PRESETS[args.preset].config)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def learning_rate(step: int, total: int, peak: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < LR_WARMUP:
+        return peak * (step + 1) / LR_WARMUP
+    progress = min(1.0, (step - LR_WARMUP) / max(1, total - LR_WARMUP))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Run:
+    """One training run: data, model, optimizer, evaluation and checkpoint writing."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        torch.manual_seed(args.seed)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.device = pick_device(args.device)
+        self.config = build_config(args)
+        self.model = VQModel(self.config).to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+        self.keeper = CodebookKeeper(self.config.num_vq_embeddings, self.config.embed_dim, self.generator)
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._load_data()
+
+    # data
+    def _load_data(self) -> None:
+        channels = self.config.in_channels
+        source = self.args.data
+        self.sampler: data.CropSampler | data.TensorSampler
+        if source == "digits":
+            train, held_out = data.digits(channels)
+            self.sampler = data.TensorSampler(train, self.generator)
+            self.eval_names, self.eval_images = ["sklearn_digits_heldout"] * len(held_out), held_out
+            self.data_description: dict[str, Any] = {
+                "source": "sklearn.datasets.load_digits, 8x8 upsampled (bicubic) to 28x28",
+                "train_images": len(train),
+                "eval_images": f"the last {len(held_out)} digits",
+            }
+            return
+        images = data.shipped_photos(channels) if source == "photos" else data.folder_images(source, channels)
+        self.sampler = data.CropSampler(images, self.args.crop, self.generator)
+        self.eval_names, self.eval_images = data.eval_photos(channels, self.args.eval_crop)
+        self.data_description = {
+            "source": "skimage.data photos + sklearn sample images" if source == "photos" else str(source),
+            "train_images": sorted(im.name for im in self.sampler.images),
+            "augmentation": f"random {self.args.crop}px crops of 1x-3x regions (log-uniform), horizontal flips",
+            "eval_images": [f"sklearn {name}" for name in data.HELD_OUT],
+            "eval_crops": f"{len(self.eval_images)} crops of {self.args.eval_crop}px at a 2x3 grid per photo",
+        }
+
+    # checkpoints
+    def save_state(self) -> None:
+        path: Path = self.args.state
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "code_counts": self.keeper.counts,
+            "code_buffer": self.keeper.buffer,
+            "best_json": json.dumps({"best": self.best, "history": self.history}),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_state(self) -> None:
+        state = torch.load(self.args.state, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.keeper.counts = state["code_counts"].cpu()
+        self.keeper.buffer = state["code_buffer"].cpu()
+        self.step = int(state["step"])
+        saved = json.loads(state["best_json"])
+        self.best, self.history = saved["best"], saved["history"]
+
+    def write_checkpoint(self, evaluation: dict[str, Any], final: bool) -> None:
+        out: Path = self.args.out
+        self.model.save_pretrained(out)
+        record = {
+            "preset": self.args.preset if self.args.config is None else None,
+            "config_file": str(self.args.config) if self.args.config else None,
+            "config": self.config.to_dict(),
+            "data": self.data_description,
+            "seed": self.args.seed,
+            "steps": self.step,
+            "steps_planned": self.args.steps,
+            "batch_size": self.args.batch_size,
+            "crop": self.args.crop,
+            "lr": self.args.lr,
+            "vq_warmup": self.args.vq_warmup,
+            "loss": "L1 + L2 reconstruction + codebook + 0.25 * commitment, dead-code restarts",
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "command": "python -m model.train " + " ".join(sys.argv[1:]),
+            "finished": final,
+            "evaluation": evaluation,
+            "history": self.history,
+        }
+        (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    # the loop
+    def evaluate_and_save(self, final: bool = False) -> dict[str, Any]:
+        evaluation = evaluate(self.model, self.eval_names, self.eval_images.to(self.device))
+        evaluation["step"] = self.step
+        self.history.append({"step": self.step, "psnr_mean": evaluation["psnr_mean"]})
+        quantizing = self.step >= self.args.vq_warmup
+        if quantizing and (self.best is None or evaluation["psnr_mean"] > self.best["psnr_mean"]):
+            self.best = evaluation
+            self.write_checkpoint(evaluation, final)
+        self.save_state()
+        return evaluation
+
+    def train(self) -> dict[str, Any]:
+        args = self.args
+        stop = {"requested": False}
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop["requested"] = True
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        bar = tqdm(total=args.steps, initial=self.step, mininterval=2 if sys.stderr.isatty() else 60, smoothing=0.05)
+        t0, ema = time.time(), None
+        try:
+            while self.step < args.steps and not stop["requested"]:
+                self._train_step(ema_holder := {"ema": ema})
+                ema = ema_holder["ema"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.4f}", restarts=self.keeper.restarted_total, refresh=False)
+                if self.step % args.eval_every == 0 or self.step == args.steps:
+                    evaluation = self.evaluate_and_save(final=self.step == args.steps)
+                    bar.write(
+                        f"step {self.step}: psnr {evaluation['psnr_mean']:.2f} dB "
+                        f"usage {evaluation['codebook_usage']:.3f} perplexity {evaluation['perplexity']} "
+                        f"loss {ema:.4f} ({time.time() - t0:.0f}s)",
+                        file=sys.stderr,
+                    )
+        except KeyboardInterrupt:
+            stop["requested"] = True
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        if stop["requested"]:
+            self.save_state()
+            print(f"stopped at step {self.step}; state saved to {args.state}", file=sys.stderr)
+        elif self.best is not None:
+            # the best checkpoint is on disk; mark its record as the outcome of a finished run
+            record = json.loads((args.out / "training.json").read_text())
+            record["finished"], record["history"] = True, self.history
+            (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        return self.best or {}
+
+    def _train_step(self, holder: dict[str, Any]) -> None:
+        args = self.args
+        quantize = self.step >= args.vq_warmup
+        if quantize and self.step == args.vq_warmup:
+            self.keeper.seed_codebook(self.model)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, args.steps, args.lr)
+        x = self.sampler.batch(args.batch_size).to(self.device)
+        out = forward_loss(self.model, x, quantize)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.keeper.observe(out.latents, out.indices)
+        self.step += 1
+        if quantize and self.step % RESTART_EVERY == 0:
+            self.keeper.restart_dead(self.model, self.optimizer)
+        loss = float(out.loss.detach())
+        holder["ema"] = loss if holder["ema"] is None else 0.98 * holder["ema"] + 0.02 * loss
+        holder["last"] = loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args)
+    if args.resume:
+        if not args.state.is_file():
+            print(f"--resume: no state file at {args.state}", file=sys.stderr)
+            return 2
+        run.load_state()
+        print(f"resumed from {args.state} at step {run.step}", file=sys.stderr)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    print(f"training {n_params / 1e6:.2f}M parameters on {run.device} for {args.steps} steps", file=sys.stderr)
+    best = run.train()
+    print(json.dumps({"out": str(args.out), "best": best}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""vqserve's HTTP service: routes -> codecs -> batcher -> engine. Never imported by `model/`."""

@@ -1,0 +1,133 @@
+"""`python -m service`: flags mirroring every VQSERVE_* setting, then one uvicorn process with graceful shutdown.
+
+Flags override environment variables, which override defaults. On SIGTERM/SIGINT readiness turns 503 and new
+inference requests are answered 503 at once; after VQSERVE_SHUTDOWN_DELAY_S the listener closes, admitted
+requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import types
+import typing
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from .app import create_app
+from .logs import configure_logging
+from .runtime import Services
+from .settings import Settings
+
+logger = logging.getLogger("vqserve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per setting: `max_queue` -> `--max-queue`; list settings take a comma list or repeat."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve VQModel autoencoders over HTTP. Every flag is also an environment variable VQSERVE_<NAME>.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"VQSERVE_{name.upper()}"
+        default = field.get_default(call_default_factory=True)
+        help_text = f"env {env}; default {default!r}"
+        annotation = field.annotation
+        origin = typing.get_origin(annotation)
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif origin is list or (typing.get_origin(typing.get_args(annotation)[0]) is list if origin else False):
+            extra = ["--model"] if name == "models" else []
+            parser.add_argument(
+                flag, *extra, action="append", default=argparse.SUPPRESS, help=help_text + "; comma list or repeated"
+            )
+        elif origin is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=_scalar_type(annotation), default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def _scalar_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) else annotation
+    return base if base in (int, float) else str
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    given = vars(build_parser().parse_args(argv))
+    for name, value in list(given.items()):
+        if isinstance(value, list):
+            given[name] = ",".join(value)
+    return Settings(**given)
+
+
+class GracefulServer(uvicorn.Server):
+    """Flips readiness on the first signal, then lets uvicorn drain; exits 0 instead of re-raising the signal."""
+
+    def __init__(self, config: uvicorn.Config, services: Services, delay_s: float) -> None:
+        super().__init__(config)
+        self.services = services
+        self.delay_s = delay_s
+        self._signalled = False
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        first = not self._signalled
+        self._signalled = True
+        self.services.start_draining()
+        if first:
+            logger.info("signal %d: draining", sig)
+        if first and self.delay_s > 0:
+            threading.Timer(self.delay_s, self._stop, (sig, frame)).start()
+        else:
+            self._stop(sig, frame)
+
+    def _stop(self, sig: int, frame: types.FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after a graceful stop (exit 143); a drained stop is a clean exit
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = settings_from_args(argv)
+    except ValidationError as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201 - before logging exists
+        return 2
+    configure_logging(settings.log_level)
+    for spec in settings.model_specs():
+        directory = spec.path / spec.subfolder if spec.subfolder else spec.path
+        if not (directory / "config.json").is_file():
+            logger.error(
+                "no checkpoint for model %r at %s (config.json missing): set VQSERVE_MODEL_PATH / --model-path "
+                "(or VQSERVE_MODELS / --models name=path) to a diffusers-format VQModel directory%s",
+                spec.name,
+                directory,
+                ", or train the default one with `make train`" if settings.model_path is None else "",
+            )
+            return 2
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        lifespan="on",
+    )
+    server = GracefulServer(config, app.state.services, settings.shutdown_delay_s)
+    server.run()
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

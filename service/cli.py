@@ -1,0 +1,295 @@
+"""The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, info.
+
+Every command but `serve` runs against a server (`--url`, through `service.client`) or in-process without one
+(`--model-path`: the model is loaded here with `model.VQModel`, and images are read and written with the same
+codecs the server uses, so both ways give the same indices). Work on many files runs concurrently with a
+progress bar on stderr; results go to files, summaries to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .client import DEFAULT_URL, Client, Reconstruction, VQServeError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Backend(Protocol):
+    """Where the model runs: a remote server or this process."""
+
+    def encode(self, data: bytes) -> np.ndarray: ...  # image file bytes -> (h, w) int32
+
+    def decode(self, indices: np.ndarray) -> np.ndarray: ...  # (B, h, w) -> (B, H, W, C) uint8
+
+    def reconstruct(self, data: bytes) -> Reconstruction: ...
+
+    def info(self) -> list[dict[str, Any]]: ...
+
+
+class RemoteBackend:
+    def __init__(self, client: Client, model: str | None) -> None:
+        self.client = client
+        self.model = model
+
+    def encode(self, data: bytes) -> np.ndarray:
+        result = self.client.encode(data, model=self.model)
+        assert isinstance(result, np.ndarray)
+        return result
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.client.decode(indices, model=self.model)
+
+    def reconstruct(self, data: bytes) -> Reconstruction:
+        return self.client.reconstruct(data, model=self.model)
+
+    def info(self) -> list[dict[str, Any]]:
+        return self.client.models()
+
+
+class LocalBackend:
+    """The model in this process: the server's own image codecs around `model.VQModel`."""
+
+    def __init__(self, path: Path, subfolder: str | None, device: str) -> None:
+        import torch
+
+        from model import VQModel
+
+        from .engine import resolve_device
+
+        self._torch = torch
+        self.path = path
+        self.model = VQModel.from_pretrained(path, subfolder=subfolder, device=str(resolve_device(device)))
+        self.model.optimize_for_inference()
+
+    def encode(self, data: bytes) -> np.ndarray:
+        from . import codecs
+
+        arr = codecs.read_image(data, channels=self.model.config.in_channels, max_pixels=2**31)
+        x = codecs.to_model_input(arr, self.model.downsample_factor)[None]  # (1, C, H', W')
+        with self._torch.inference_mode():
+            _, indices = self.model.quantize(self.model.encode(x.to(self.model.device, self.model.dtype)))
+        return indices[0].to(self._torch.int32).cpu().numpy()
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        from .engine import to_uint8_images
+
+        codes = self._torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.model.device)
+        with self._torch.inference_mode():
+            return np.stack(to_uint8_images(self.model.decode_indices(codes)))
+
+    def reconstruct(self, data: bytes) -> Reconstruction:
+        from . import codecs
+
+        arr = codecs.read_image(data, channels=self.model.config.in_channels, max_pixels=2**31)
+        indices = self.encode(data)
+        out = self.decode(indices[None])[0, : arr.shape[0], : arr.shape[1]]
+        return Reconstruction(out, codecs.psnr(arr, out))
+
+    def info(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": str(self.path),
+                "config": self.model.config.to_dict(),
+                "codebook_size": self.model.codebook_size,
+                "downsample_factor": self.model.downsample_factor,
+                "in_channels": self.model.config.in_channels,
+                "latent_channels": self.model.config.latent_channels,
+                "vq_embed_dim": self.model.config.embed_dim,
+                "device": str(self.model.device),
+                "dtype": str(self.model.dtype).removeprefix("torch."),
+            }
+        ]
+
+
+# files
+def find_images(paths: Iterable[Path]) -> list[tuple[str, Path]]:
+    """(key, path) per image: files as given (key: file name), folders recursively (key: relative path)."""
+    found: list[tuple[str, Path]] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((file.relative_to(path).as_posix(), file))
+        elif path.is_file():
+            found.append((path.name, path))
+        else:
+            raise SystemExit(f"error: {path} is neither a file nor a folder")
+    keys = [key for key, _ in found]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("error: two inputs map to the same name; pass one folder instead of files from several")
+    return found
+
+
+def run_concurrently(fn: Callable[[T], R], items: list[T], workers: int, desc: str) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) in completion order, with a progress bar on stderr."""
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, disable=None) as bar,
+    ):
+        futures = {pool.submit(fn, item): item for item in items}
+        for future in as_completed(futures):
+            bar.update(1)
+            yield futures[future], future.result()
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, "PNG")
+
+
+def load_indices(path: Path) -> dict[str, np.ndarray]:
+    """An .npz (key -> (h, w)) or .npy ((h, w) or (B, h, w)) of indices -> name -> (h, w)."""
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return {key: archive[key] for key in archive.files}
+    array = np.load(path)
+    if array.ndim == 2:
+        return {path.stem: array}
+    if array.ndim != 3:
+        raise SystemExit(f"error: {path} holds shape {array.shape}; expected (h, w) or (B, h, w) indices")
+    return {f"{i:05d}": a for i, a in enumerate(array)}
+
+
+# commands
+def cmd_encode(args: argparse.Namespace, backend: Backend) -> int:
+    images = find_images(args.inputs)
+    if not images:
+        raise SystemExit("error: no images found")
+    results = {
+        key: indices
+        for (key, _), indices in run_concurrently(
+            lambda item: backend.encode(item[1].read_bytes()), images, args.concurrency, "encode"
+        )
+    }
+    ordered = {key: results[key] for key, _ in images}
+    if args.output.suffix == ".npy":
+        if len({a.shape for a in ordered.values()}) != 1:
+            raise SystemExit("error: index maps differ in shape; write an .npz instead of an .npy")
+        np.save(args.output, np.stack(list(ordered.values())))
+    else:
+        np.savez_compressed(args.output, **ordered)  # type: ignore[arg-type]
+    print(f"encoded {len(ordered)} image(s) -> {args.output}")  # noqa: T201
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace, backend: Backend) -> int:
+    maps = list(load_indices(args.indices).items())
+
+    def one(item: tuple[str, np.ndarray]) -> np.ndarray:
+        return backend.decode(item[1][None])[0]
+
+    written = 0
+    for (key, _), pixels in run_concurrently(one, maps, args.concurrency, "decode"):
+        save_png(pixels, args.output / Path(key).with_suffix(".png"))
+        written += 1
+    print(f"decoded {written} image(s) -> {args.output}")  # noqa: T201
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace, backend: Backend) -> int:
+    images = find_images([args.input])
+    if not images:
+        raise SystemExit("error: no images found")
+    scores: dict[str, float] = {}
+    for (key, _), result in run_concurrently(
+        lambda item: backend.reconstruct(item[1].read_bytes()), images, args.concurrency, "reconstruct"
+    ):
+        save_png(result.image, args.output / Path(key).with_suffix(".png"))
+        scores[key] = result.psnr
+    args.output.mkdir(parents=True, exist_ok=True)
+    with (args.output / "psnr.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "psnr_db"])
+        for key, _ in images:
+            writer.writerow([key, f"{scores[key]:.4f}"])
+            print(f"{key}\t{scores[key]:.2f} dB")  # noqa: T201
+    finite = [v for v in scores.values() if math.isfinite(v)]
+    mean = sum(finite) / len(finite) if finite else math.inf
+    print(  # noqa: T201
+        f"summary: {len(scores)} image(s), PSNR mean {mean:.2f} dB, min {min(scores.values()):.2f} dB, "
+        f"max {max(scores.values()):.2f} dB"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, backend: Backend) -> int:
+    print(json.dumps(backend.info(), indent=2))  # noqa: T201
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqserve", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the HTTP server (every `python -m service` flag is accepted)", add_help=False)
+
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("where the model runs")
+    where.add_argument("--url", default=DEFAULT_URL, help=f"server to use (default {DEFAULT_URL})")
+    where.add_argument("--model", help="served model name (remote) ; default: the server's first")
+    where.add_argument("--api-key", default=os.environ.get("VQSERVE_API_KEY"), help="env VQSERVE_API_KEY")
+    where.add_argument("--timeout", type=float, default=120.0, help="seconds per request (remote)")
+    where.add_argument("--model-path", type=Path, help="run in-process on this checkpoint instead of a server")
+    where.add_argument("--model-subfolder", help="subfolder of --model-path (e.g. vqvae, movq)")
+    where.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N")
+    where.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+
+    enc = sub.add_parser("encode", parents=[common], help="images (files or folders) -> .npz/.npy of indices")
+    enc.add_argument("inputs", nargs="+", type=Path)
+    enc.add_argument("-o", "--output", type=Path, required=True, help=".npz (name -> (h, w)) or .npy (B, h, w)")
+    dec = sub.add_parser("decode", parents=[common], help="an .npz/.npy of indices -> PNGs")
+    dec.add_argument("indices", type=Path)
+    dec.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    rec = sub.add_parser("reconstruct", parents=[common], help="folder -> folder of reconstructions, with PSNR")
+    rec.add_argument("input", type=Path)
+    rec.add_argument("-o", "--output", type=Path, required=True, help="output folder (also gets psnr.csv)")
+    sub.add_parser("info", parents=[common], help="what the model is: config, codebook size, downsample factor")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Backend], int]] = {
+    "encode": cmd_encode,
+    "decode": cmd_decode,
+    "reconstruct": cmd_reconstruct,
+    "info": cmd_info,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from .__main__ import main as serve
+
+        return serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.model_path is not None:
+        return COMMANDS[args.command](args, LocalBackend(args.model_path, args.model_subfolder, args.device))
+    with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        try:
+            return COMMANDS[args.command](args, RemoteBackend(client, args.model))
+        except VQServeError as exc:
+            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+            return 1
+        except httpx.TransportError as exc:
+            print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)  # noqa: T201
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Every Prometheus object of the service, in one place, prefixed `vqserve_`.
+
+Durations use geometric buckets (1 ms .. ~65 s), batch sizes powers of two. `vqserve_queue_depth` is the gauge an
+autoscaler reads. Objects live in the default registry, next to the process and platform collectors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+DURATION_BUCKETS = tuple(0.001 * 2**i for i in range(17))  # 1 ms .. 65.5 s
+BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
+
+REQUESTS = Counter("vqserve_requests", "HTTP requests answered", ["endpoint", "status"])
+REQUEST_DURATION = Histogram(
+    "vqserve_request_duration_seconds", "Time from request to response", ["endpoint"], buckets=DURATION_BUCKETS
+)
+QUEUE_DURATION = Histogram(
+    "vqserve_queue_duration_seconds", "Time an item waited before compute", ["model", "op"], buckets=DURATION_BUCKETS
+)
+COMPUTE_DURATION = Histogram(
+    "vqserve_compute_duration_seconds", "Engine time per batch", ["model", "op"], buckets=DURATION_BUCKETS
+)
+CODEC_DURATION = Histogram(
+    "vqserve_codec_duration_seconds", "Image and tensor (de)serialisation time", ["kind"], buckets=DURATION_BUCKETS
+)
+BATCH_SIZE = Histogram("vqserve_batch_size", "Items per computed batch", ["model", "op"], buckets=BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge("vqserve_queue_depth", "Items admitted and waiting for compute", ["model", "op"])
+INFLIGHT = Gauge("vqserve_inflight_requests", "Inference requests being handled")
+REQUEST_FAILURES = Counter("vqserve_request_failures", "Requests that failed, by reason", ["reason"])
+MODEL_INFO = Gauge(
+    "vqserve_model_info",
+    "Served models (value 1)",
+    ["model", "device", "dtype", "codebook_size", "downsample_factor"],
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""One router per concern: inference, models, health and metrics."""

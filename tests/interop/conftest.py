@@ -1,0 +1,114 @@
+"""Fixtures for the interoperability tests: a tiny random-weight checkpoint and a real `python -m service`
+process on 127.0.0.1, so every client (ours, diffusers', tritonclient) talks to it over a real socket."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import VQModel
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "block_out_channels": (32, 32),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "num_vq_embeddings": 64,
+    "norm_num_groups": 32,
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    checkpoint: Path
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(checkpoint: Path, log: Path, *extra: str, timeout_s: float = 90.0) -> Server:
+    """`python -m service` on a free port; returns once /readyz answers 200 (or fails with the log)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--model-path", str(checkpoint), "--device", "cpu", "--torch-threads", "1", *extra]
+    handle = log.open("wb")
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2.0).status_code == 200:
+                return Server(url, checkpoint, process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server not ready within {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+def make_checkpoint(path: Path, seed: int = 0, **overrides: object) -> Path:
+    torch.manual_seed(seed)
+    VQModel(**{**TINY, **overrides}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("interop-ckpt"))
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(checkpoint, tmp_path_factory.mktemp("logs") / "server.log")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def reference_model(checkpoint: Path) -> VQModel:
+    return VQModel.from_pretrained(checkpoint).eval()
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth-ish random image (so reconstructions are not pure noise) as (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, height // 4), max(1, width // 4), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()

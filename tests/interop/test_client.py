@@ -1,0 +1,179 @@
+"""`service.client` against a real server: indices, pixels and PSNR equal an in-process reference model; sync
+and async; batches; retries on a real 429; API keys; timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import VQModel
+from service.client import AsyncClient, Client, VQServeError, retry_delay
+
+from .conftest import Server, png_bytes, random_rgb, start_server, stop_server
+
+
+def ref_indices(model: VQModel, arr: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0  # (1, C, H, W) in [-1, 1]
+    with torch.inference_mode():
+        _, indices = model.quantize(model.encode(x))
+    return indices[0].numpy()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, as diffusers' postprocessing rounds."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def ref_decode(model: VQModel, indices: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return to_uint8(model.decode_indices(torch.from_numpy(indices).long()))
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Client]:
+    with Client(server.url, timeout=30) as c:
+        yield c
+
+
+def test_encode_one_image_in_every_form(client: Client, reference_model: VQModel, tmp_path: Path) -> None:
+    arr = random_rgb(32, 48, seed=1)
+    expected = ref_indices(reference_model, arr)
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes(arr))
+    for form in (arr, Image.fromarray(arr), png_bytes(arr), path, str(path)):
+        got = client.encode(form)
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_encode_batch_same_and_mixed_sizes(client: Client, reference_model: VQModel) -> None:
+    same = [random_rgb(32, 32, seed=s) for s in range(3)]
+    got = client.encode(same)
+    assert isinstance(got, list)
+    for arr, indices in zip(same, got, strict=True):
+        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+    mixed = [random_rgb(32, 32, seed=5), random_rgb(16, 40, seed=6)]  # cannot stack: JSON fallback
+    got = client.encode(mixed)
+    assert [g.shape for g in got] == [(16, 16), (8, 20)]
+    for arr, indices in zip(mixed, got, strict=True):
+        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+
+
+def test_decode_indices_and_latents(client: Client, reference_model: VQModel) -> None:
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, reference_model.codebook_size, (2, 8, 12)).astype(np.int32)
+    pixels = client.decode(indices)
+    assert pixels.shape == (2, 16, 24, 3)
+    assert pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - ref_decode(reference_model, indices).astype(int)).max() <= 1
+    cropped = client.decode(indices[0], image_size=(15, 20))
+    assert cropped.shape == (1, 15, 20, 3)
+
+    latents = rng.standard_normal((1, reference_model.config.embed_dim, 8, 8)).astype(np.float32)
+    with torch.inference_mode():
+        expected = to_uint8(reference_model.decode(torch.from_numpy(latents)))
+        unquantized = to_uint8(reference_model.decode(torch.from_numpy(latents), force_not_quantize=True))
+    assert np.abs(client.decode(latents).astype(int) - expected.astype(int)).max() <= 1
+    got = client.decode(latents, force_not_quantize=True)
+    assert np.abs(got.astype(int) - unquantized.astype(int)).max() <= 1
+
+
+def test_reconstruct_returns_image_and_psnr(client: Client, reference_model: VQModel) -> None:
+    arr = random_rgb(24, 32, seed=3)
+    result = client.reconstruct(arr)
+    expected = ref_decode(reference_model, ref_indices(reference_model, arr)[None])[0]
+    assert result.image.shape == arr.shape
+    assert np.abs(result.image.astype(int) - expected.astype(int)).max() <= 1
+    mse = np.mean((arr.astype(float) - result.image.astype(float)) ** 2)
+    assert result.psnr == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-3)
+
+
+def test_models_and_errors(client: Client, reference_model: VQModel) -> None:
+    (info,) = client.models()
+    assert info["codebook_size"] == reference_model.codebook_size
+    assert info["downsample_factor"] == reference_model.downsample_factor
+    with pytest.raises(VQServeError) as excinfo:
+        client.decode(np.full((4, 4), 10_000, dtype=np.int32))
+    assert excinfo.value.status == 422
+    assert excinfo.value.code == "invalid_input"
+    with pytest.raises(VQServeError) as excinfo:
+        client.encode(b"not an image")
+    assert excinfo.value.status in (400, 422)
+
+
+def test_async_client_matches_sync(server: Server, reference_model: VQModel) -> None:
+    images = [random_rgb(32, 32, seed=s) for s in range(4)]
+
+    async def run() -> tuple[list[np.ndarray], np.ndarray, float]:
+        async with AsyncClient(server.url, timeout=30) as c:
+            encoded = await asyncio.gather(*(c.encode(a) for a in images))
+            pixels = await c.decode(np.stack(encoded))  # type: ignore[arg-type]
+            rec = await c.reconstruct(images[0])
+            assert (await c.models())[0]["codebook_size"] == reference_model.codebook_size
+            return encoded, pixels, rec.psnr  # type: ignore[return-value]
+
+    encoded, pixels, quality = asyncio.run(run())
+    for arr, indices in zip(images, encoded, strict=True):
+        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+    assert pixels.shape == (4, 32, 32, 3)
+    assert math.isfinite(quality)
+
+
+def test_timeout_raises(server: Server) -> None:
+    with Client(server.url, timeout=1e-4, retries=0) as c, pytest.raises(httpx.TimeoutException):
+        c.encode(random_rgb(256, 256))
+
+
+def test_retry_delay_honours_retry_after() -> None:
+    assert retry_delay(httpx.Response(429, headers={"Retry-After": "2"}), 0, 0.25, 30.0) == 2.0
+    assert retry_delay(httpx.Response(429, headers={"Retry-After": "120"}), 0, 0.25, 5.0) == 5.0
+    backoff = retry_delay(httpx.Response(503), 3, 0.25, 30.0)
+    assert 0.25 * 8 * 0.5 <= backoff <= 0.25 * 8 * 1.5
+
+
+@pytest.fixture(scope="module")
+def guarded_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with an API key and a queue of one, so that concurrent requests meet real 429s."""
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    extra = ("--api-keys", "k-test", "--max-queue", "1", "--max-batch-size", "1")
+    running = start_server(checkpoint, log, *extra)
+    yield running
+    stop_server(running)
+
+
+def test_api_key(guarded_server: Server) -> None:
+    with Client(guarded_server.url) as anonymous, pytest.raises(VQServeError) as excinfo:
+        anonymous.models()
+    assert excinfo.value.status == 401
+    with Client(guarded_server.url, api_key="k-test") as keyed:
+        assert keyed.models()[0]["name"] == "default"
+
+
+def test_retries_ride_out_a_full_queue(guarded_server: Server) -> None:
+    image = png_bytes(random_rgb(256, 256, seed=9))
+
+    def burst(retries: int) -> list[int]:
+        with Client(guarded_server.url, api_key="k-test", retries=retries, timeout=60) as c:
+
+            def one(_: int) -> int:
+                try:
+                    c.encode(image)
+                    return 200
+                except VQServeError as exc:
+                    return exc.status
+
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(one, range(8)))
+
+    assert 429 in burst(retries=0), "a queue of one under 8 concurrent requests should answer some 429s"
+    assert burst(retries=20) == [200] * 8

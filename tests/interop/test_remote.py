@@ -1,0 +1,226 @@
+"""diffusers' own `remote_decode` / `remote_encode` against a real vqserve, for every output type, compared
+with diffusers' in-process `VQModel` on the same checkpoint."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import diffusers
+import httpx
+import numpy as np
+import pytest
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.remote_utils import remote_decode, remote_encode
+from PIL import Image
+
+from .conftest import Server, make_checkpoint, random_rgb, start_server, stop_server
+
+SCALE = 0.5
+SHIFT = 0.1
+
+
+@pytest.fixture(scope="module")
+def dvae(server: Server) -> diffusers.VQModel:
+    return diffusers.VQModel.from_pretrained(server.checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def latents() -> torch.Tensor:
+    return torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(0))  # (B, D, h, w)
+
+
+def reference(
+    dvae: diffusers.VQModel, latents: torch.Tensor, force_not_quantize: bool = False
+) -> torch.Tensor:
+    with torch.inference_mode():
+        return dvae.decode(latents, force_not_quantize=force_not_quantize).sample  # (B, C, H, W) in ~[-1, 1]
+
+
+def as_uint8(images: torch.Tensor) -> np.ndarray:
+    """diffusers' own postprocessing to (B, H, W, C) uint8."""
+    return (VaeImageProcessor().postprocess(images, output_type="np") * 255).round().astype(np.uint8)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+def test_pil_png_and_jpg(server: Server, dvae: diffusers.VQModel, latents: torch.Tensor) -> None:
+    expected = as_uint8(reference(dvae, latents / SCALE))[0]
+    endpoint = server.url + "/remote/decode"
+    png = remote_decode(endpoint, latents, scaling_factor=SCALE, output_type="pil", image_format="png")
+    assert isinstance(png, Image.Image)
+    assert png.format == "png"
+    assert png.size == (32, 24)
+    assert max_diff(np.asarray(png), expected) <= 1
+    jpg = remote_decode(endpoint, latents, scaling_factor=SCALE, output_type="pil", image_format="jpg")
+    assert isinstance(jpg, Image.Image)
+    assert jpg.format == "jpeg"
+    buf = io.BytesIO()
+    Image.fromarray(expected).save(buf, "JPEG", quality=95)  # the server's default JPEG quality
+    local_jpg = np.asarray(Image.open(buf))
+    assert np.mean(np.abs(np.asarray(jpg).astype(float) - local_jpg.astype(float))) < 0.5
+
+
+def test_pt_float_and_partial(server: Server, dvae: diffusers.VQModel, latents: torch.Tensor) -> None:
+    endpoint = server.url + "/remote/decode"
+    batch = torch.cat([latents, latents.flip(-1)])  # (2, D, h, w)
+    expected = reference(dvae, batch / SCALE + SHIFT)
+    floats = remote_decode(
+        endpoint, batch, scaling_factor=SCALE, shift_factor=SHIFT, output_type="pt", return_type="pt"
+    )
+    assert isinstance(floats, torch.Tensor)
+    assert floats.shape == (2, 3, 24, 32)
+    assert floats.dtype == torch.float32
+    torch.testing.assert_close(floats, expected, atol=1e-3, rtol=1e-3)
+
+    uint8 = remote_decode(
+        endpoint,
+        batch,
+        scaling_factor=SCALE,
+        shift_factor=SHIFT,
+        output_type="pt",
+        partial_postprocess=True,
+        return_type="pt",
+    )
+    assert isinstance(uint8, torch.Tensor)
+    assert uint8.dtype == torch.uint8
+    assert uint8.shape == (2, 24, 32, 3)
+    assert max_diff(uint8.numpy(), as_uint8(expected)) <= 1
+
+    images = remote_decode(
+        endpoint, latents, scaling_factor=SCALE, output_type="pt", partial_postprocess=True, return_type="pil"
+    )
+    assert isinstance(images, Image.Image)
+    assert max_diff(np.asarray(images), as_uint8(reference(dvae, latents / SCALE))[0]) <= 1
+
+
+def test_pt_with_processor_and_pil_through_processor(
+    server: Server, dvae: diffusers.VQModel, latents: torch.Tensor
+) -> None:
+    endpoint = server.url + "/remote/decode"
+    expected = reference(dvae, latents / SCALE)
+    processed = remote_decode(
+        endpoint,
+        latents,
+        processor=VaeImageProcessor(),
+        scaling_factor=SCALE,
+        output_type="pt",
+        return_type="pil",
+    )
+    assert isinstance(processed, Image.Image)
+    assert max_diff(np.asarray(processed), as_uint8(expected)[0]) <= 1
+    # output_type="pil" with a processor: the server sends floats in [0, 1] that the client turns into images
+    via_processor = remote_decode(
+        endpoint, latents, processor=VaeImageProcessor(), scaling_factor=SCALE, output_type="pil"
+    )
+    assert isinstance(via_processor, list)
+    assert max_diff(np.asarray(via_processor[0]), as_uint8(expected)[0]) <= 1
+
+
+def test_half_precision_latents_and_unscaled(
+    server: Server, dvae: diffusers.VQModel, latents: torch.Tensor
+) -> None:
+    endpoint = server.url + "/remote/decode"
+    out = remote_decode(endpoint, latents.half(), do_scaling=False, output_type="pt", return_type="pt")
+    torch.testing.assert_close(out, reference(dvae, latents.half().float()), atol=1e-3, rtol=1e-3)
+
+
+def test_force_not_quantize_query(server: Server, dvae: diffusers.VQModel, latents: torch.Tensor) -> None:
+    response = httpx.post(
+        server.url + "/remote/decode",
+        params={
+            "shape": list(latents.shape),
+            "dtype": "float32",
+            "output_type": "pt",
+            "force_not_quantize": "true",
+        },
+        content=latents.numpy().tobytes(),
+        headers={"Content-Type": "tensor/binary", "Accept": "tensor/binary"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    got = torch.frombuffer(bytearray(response.content), dtype=torch.float32).reshape(
+        eval(response.headers["shape"])
+    )
+    torch.testing.assert_close(got, reference(dvae, latents, force_not_quantize=True), atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(got, reference(dvae, latents), atol=1e-3)
+
+
+def test_encode_pil_and_tensor_then_decode(server: Server, dvae: diffusers.VQModel) -> None:
+    arr = random_rgb(24, 32, seed=4)
+    # contiguous: remote_encode reads the raw memory of `image.contiguous()`, a temporary otherwise
+    x = (torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0 * 2 - 1).contiguous()
+    with torch.inference_mode():
+        expected = (dvae.encode(x).latents - SHIFT) * SCALE
+    from_pil = remote_encode(
+        server.url + "/remote/encode", Image.fromarray(arr), scaling_factor=SCALE, shift_factor=SHIFT
+    )
+    assert from_pil.shape == (1, 4, 12, 16)
+    torch.testing.assert_close(from_pil, expected, atol=1e-3, rtol=1e-3)
+    from_tensor = remote_encode(server.url + "/remote/encode", x, scaling_factor=SCALE, shift_factor=SHIFT)
+    torch.testing.assert_close(from_tensor, expected, atol=1e-3, rtol=1e-3)
+    decoded = remote_decode(
+        server.url + "/remote/decode",
+        from_pil,
+        scaling_factor=SCALE,
+        shift_factor=SHIFT,
+        output_type="pil",
+        image_format="png",
+    )
+    assert isinstance(decoded, Image.Image)
+    assert decoded.size == (32, 24)
+
+
+def test_errors_are_json_4xx(server: Server) -> None:
+    endpoint = server.url + "/remote/decode"
+    with pytest.raises(RuntimeError, match="invalid_input"):
+        remote_decode(
+            endpoint, torch.randn(1, 3, 8, 8), scaling_factor=SCALE, output_type="pt", return_type="pt"
+        )
+    with pytest.raises(RuntimeError, match="invalid_input"):
+        remote_decode(
+            endpoint,
+            torch.full((1, 4, 8, 8), float("nan")),
+            scaling_factor=SCALE,
+            output_type="pt",
+            return_type="pt",
+        )
+    bad = httpx.post(
+        endpoint,
+        params={"shape": [1, 4, 8, 8], "dtype": "float32"},
+        content=b"\x00" * 12,
+        headers={"Content-Type": "tensor/binary"},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "invalid_input"
+    batch = httpx.post(
+        endpoint,
+        params={"shape": [2, 4, 8, 8], "dtype": "float32", "output_type": "pil"},
+        content=b"\x00" * (2 * 4 * 8 * 8 * 4),
+        headers={"Content-Type": "tensor/binary", "Accept": "image/png"},
+    )
+    assert batch.status_code == 406
+    not_image = httpx.post(server.url + "/remote/encode", content=b"nope")
+    assert not_image.status_code in (400, 422)
+    assert "error" in not_image.json()
+
+
+@pytest.fixture(scope="module")
+def movq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A MoVQ-style (spatial norm) model: Kandinsky's pipelines decode it without quantizing."""
+    folder = tmp_path_factory.mktemp("movq")
+    checkpoint = make_checkpoint(folder / "ckpt", seed=3, norm_type="spatial")
+    running = start_server(checkpoint, folder / "server.log")
+    yield running
+    stop_server(running)
+
+
+def test_movq_skips_quantization_by_default(movq_server: Server, latents: torch.Tensor) -> None:
+    movq = diffusers.VQModel.from_pretrained(movq_server.checkpoint).eval()
+    got = remote_decode(
+        movq_server.url + "/remote/decode", latents, do_scaling=False, output_type="pt", return_type="pt"
+    )
+    torch.testing.assert_close(got, reference(movq, latents, force_not_quantize=True), atol=1e-3, rtol=1e-3)

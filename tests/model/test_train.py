@@ -1,0 +1,123 @@
+"""The training script end to end on the `tiny` preset: real photos, real optimisation, real files on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import VQModel
+from model.train import Run, parse_args
+from model.training import data
+from model.training.objective import forward_loss
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--preset", "tiny", "--out", str(tmp_path / "out"), "--state", str(tmp_path / "state" / "state.pt"),
+        "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_held_out_photos_never_train() -> None:
+    names = {im.name for im in data.shipped_photos(3)}
+    assert names, "no shipped photos found"
+    assert not names & set(data.HELD_OUT)
+    with pytest.raises(ValueError, match="evaluation photo"):
+        data._load_files([Path(data.__file__).parent / "china.jpg"], 3)
+
+
+@pytest.mark.timeout(60)
+def test_cli_writes_a_reloadable_diffusers_checkpoint(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "model.train", *tiny_args(tmp_path, "--steps", "20", "--eval-every", "10")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "out"
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "training.json"} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / "training.json").read_text())
+    assert record["seed"] == 0
+    assert record["finished"] is True
+    assert record["evaluation"]["step"] in (10, 20)
+    assert 0 < record["evaluation"]["psnr_mean"] < 99
+    assert set(record["evaluation"]["psnr_per_image"]) == set(data.HELD_OUT)
+    assert not set(record["data"]["train_images"]) & set(data.HELD_OUT)
+    model = VQModel.from_pretrained(out)
+    assert model.config.to_dict() == record["config"]
+    assert (tmp_path / "state" / "state.pt").is_file()
+    assert json.loads(result.stdout)["best"]["psnr_mean"] == record["evaluation"]["psnr_mean"]
+
+
+@pytest.mark.timeout(60)
+def test_loss_decreases_and_runs_are_deterministic(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+
+    def losses(run: Run, x: torch.Tensor) -> tuple[float, float]:
+        run.model.eval()
+        with torch.no_grad():
+            before = forward_loss(run.model, x, quantize=False).recon_loss
+        run.model.train()
+        holder: dict[str, float | None] = {"ema": None}
+        for _ in range(40):
+            run._train_step(holder)
+        run.model.eval()
+        with torch.no_grad():
+            after = forward_loss(run.model, x, quantize=True).recon_loss
+        return before, after
+
+    args = parse_args(tiny_args(tmp_path, "--steps", "40", "--vq-warmup", "20", "--lr", "3e-3"))
+    first = Run(args)
+    x = first.sampler.batch(8)
+    before, after = losses(first, x)
+    assert after < 0.8 * before
+
+    second = Run(args)
+    second.sampler.batch(8)  # the same draws as the first run
+    losses(second, x)
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.timeout(60)
+def test_resume_continues_from_the_saved_state(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    args = parse_args(tiny_args(tmp_path, "--steps", "12", "--eval-every", "6", "--vq-warmup", "3"))
+    run = Run(args)
+    run.train()
+    assert run.step == 12
+
+    longer = parse_args(tiny_args(tmp_path, "--steps", "18", "--eval-every", "6", "--vq-warmup", "3"))
+    resumed = Run(longer)
+    resumed.load_state()
+    assert resumed.step == 12
+    for a, b in zip(run.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.optimizer.state_dict()["state"].keys() == run.optimizer.state_dict()["state"].keys()
+    resumed.train()
+    assert resumed.step == 18
+    assert [h["step"] for h in resumed.history] == [6, 12, 18]
+
+
+def test_dead_codes_are_restarted(tmp_path: Path) -> None:
+    args = parse_args(tiny_args(tmp_path, "--vq-warmup", "0"))
+    run = Run(args)
+    x = run.sampler.batch(4)
+    out = forward_loss(run.model, x, quantize=True)
+    run.keeper.observe(out.latents, out.indices)
+    used = int((run.keeper.counts > 0).sum())
+    restarted = run.keeper.restart_dead(run.model, run.optimizer)
+    assert restarted == run.config.num_vq_embeddings - used > 0
+    # the restarted codes now sit among the encoder outputs, so more of them get picked
+    out = forward_loss(run.model, x, quantize=True)
+    assert int(out.indices.unique().numel()) > used

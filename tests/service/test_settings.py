@@ -1,0 +1,70 @@
+"""Settings: env prefix, comma lists, validation at startup, and flags that mirror every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import build_parser, settings_from_args
+from service.settings import Settings, default_model_path
+
+
+def test_env_prefix_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQSERVE_MAX_QUEUE", "7")
+    monkeypatch.setenv("VQSERVE_API_KEYS", "alpha, beta")
+    monkeypatch.setenv("VQSERVE_MODELS", "a=/ckpt/a,b=/ckpt/b")
+    settings = Settings()
+    assert settings.max_queue == 7
+    assert settings.api_keys == ["alpha", "beta"]
+    specs = settings.model_specs()
+    assert [(s.name, s.path) for s in specs] == [("a", Path("/ckpt/a")), ("b", Path("/ckpt/b"))]
+
+
+def test_default_model_is_the_shipped_checkpoint() -> None:
+    (spec,) = Settings().model_specs()
+    assert spec.name == "default"
+    assert spec.path == default_model_path()
+    assert spec.path.parts[-3:] == ("model", "weights", "default")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device", "tpu"),
+        ("dtype", "float8"),
+        ("max_batch_size", 0),
+        ("png_compress_level", 10),
+        ("models", "no-equals-sign"),
+        ("models", "a=/x,a=/y"),
+    ],
+)
+def test_invalid_values_fail_naming_the_setting(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
+
+
+def test_models_and_model_path_are_exclusive() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        Settings(models="a=/x", model_path="/y")
+
+
+def test_every_setting_has_a_flag() -> None:
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings}
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in flags, name
+    assert "--max-queue" in flags
+
+
+def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQSERVE_MAX_QUEUE", "7")
+    monkeypatch.setenv("VQSERVE_PORT", "9000")
+    settings = settings_from_args(
+        ["--max-queue", "3", "--model", "a=/x", "--model", "b=/y", "--no-warmup", "--dtype", "float16"]
+    )
+    assert settings.max_queue == 3
+    assert settings.port == 9000
+    assert settings.models == ["a=/x", "b=/y"]
+    assert settings.warmup is False
+    assert settings.dtype == "float16"
