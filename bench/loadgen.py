@@ -1,7 +1,7 @@
 """A closed-loop HTTP load generator, run as its own process so it does not share the server's interpreter.
 
-N clients each send one request, wait for the reply, and send the next, for a fixed duration (after a short
-warm-up); the result is one JSON line: requests/s, latency percentiles, and status counts. Two request styles:
+N clients each send one request, wait for the reply, and send the next; replies that complete inside the measured
+window (after a short warm-up) count; the result is one JSON line: requests/s, latency percentiles, and status counts. Two request styles:
 `vqserve` (raw PNG body to /reconstruct, PNG reply) and `litserve` (LitServe's JSON {"image": base64} to /predict).
 
     python -m bench.loadgen --url http://127.0.0.1:8000 --style vqserve --image x.png --concurrency 16 --seconds 20
@@ -41,7 +41,7 @@ async def client_loop(
         except httpx.HTTPError as exc:
             code = type(exc).__name__
         end = time.perf_counter()
-        if start >= warm_until:
+        if warm_until <= end <= stop_at:  # completions inside the measured window
             codes[code] += 1
             if code == "200":
                 latencies.append(end - start)
@@ -61,7 +61,7 @@ async def run(url: str, style: str, image: bytes, concurrency: int, seconds: flo
         await asyncio.gather(
             *(client_loop(client, request, stop_at, warm_until, latencies, codes) for _ in range(concurrency))
         )
-        measured = time.perf_counter() - warm_until
+        measured = stop_at - warm_until
     return {
         "style": style,
         "concurrency": concurrency,

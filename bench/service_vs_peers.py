@@ -138,15 +138,21 @@ def headline(checkpoint: Path, seconds: float, work: Path) -> dict:
     with litserve(checkpoint, port):
         peer16 = load(f"http://127.0.0.1:{port}", "litserve", image, 16, seconds)
     bare = bare_throughputs(checkpoint, image.read_bytes())
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("inf")
+
     return {
         "vqserve_c16": ours16,
         "litserve_c16": peer16,
         "vqserve_c1": ours1,
         "bare": bare,
-        "goal1_throughput_ratio_vs_litserve": ours16["throughput_rps"] / peer16["throughput_rps"],
-        "goal1_p99_ratio_vs_litserve": ours16["p99_ms"] / peer16["p99_ms"],
-        "goal2_throughput_ratio_vs_bare_diffusers_b8": ours16["throughput_rps"] / bare["diffusers_batch8_images_per_s"],
-        "goal3_c1_median_over_bare_compute": ours1["p50_ms"] / bare["ours_batch1_compute_ms"],
+        "goal1_throughput_ratio_vs_litserve": ratio(ours16["throughput_rps"], peer16["throughput_rps"]),
+        "goal1_p99_ratio_vs_litserve": ratio(ours16["p99_ms"], peer16["p99_ms"]),
+        "goal2_throughput_ratio_vs_bare_diffusers_b8": ratio(
+            ours16["throughput_rps"], bare["diffusers_batch8_images_per_s"]
+        ),
+        "goal3_c1_median_over_bare_compute": ratio(ours1["p50_ms"], bare["ours_batch1_compute_ms"]),
     }
 
 

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .errors import install_handlers
-from .routes import health, inference, models, remote
+from .routes import health, inference, models, oip, remote, web
 from .runtime import Services
 from .settings import Settings
 
@@ -132,6 +132,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(remote.router)  # diffusers' remote VAE protocol (issue 6)
+    app.include_router(oip.health_router)  # Open Inference Protocol / KServe v2 (issue 6)
+    app.include_router(oip.router)
+    app.include_router(oip.infer_router)
+    app.include_router(web.router)  # the page at / (issue 9)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -99,6 +99,7 @@ async def _multipart_images(request: Request, body: bytes, max_files: int) -> li
         yield body
 
     parser = MultiPartParser(request.headers, stream(), max_files=max_files + 1, max_fields=16)
+    parser.spool_max_size = len(body)  # the body is in memory already: never spill files to a (read-only) disk
     try:
         form = await parser.parse()
     except MultiPartException as exc:

@@ -65,12 +65,16 @@ async def _on_engine_thread(services: Services, engine: Engine, fn: Any, *args: 
         timeout = services.settings.request_timeout_s
         return await asyncio.wait_for(loop.run_in_executor(executor, fn, engine.model, *args), timeout)
     except TimeoutError as exc:
-        raise ServiceError("deadline_exceeded", "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed") from exc
+        raise ServiceError(
+            "deadline_exceeded", "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed"
+        ) from exc
     finally:
         ticket.abandon()
 
 
-def _decode_float(model: Any, latents: torch.Tensor, force_not_quantize: bool, unit_range: bool) -> torch.Tensor:
+def _decode_float(
+    model: Any, latents: torch.Tensor, force_not_quantize: bool, unit_range: bool
+) -> torch.Tensor:
     """(B, D, h, w) -> decoder output (B, C, H, W) in [-1, 1], or in [0, 1] as diffusers' processors make."""
     with torch.inference_mode():
         images = model.decode(latents.to(model.device, model.dtype), force_not_quantize=force_not_quantize)
@@ -146,10 +150,14 @@ async def remote_decode(
     dtype: Annotated[str | None, Query(description="float16, bfloat16 or float32")] = None,
     scaling_factor: Annotated[float | None, Query(description="latents are divided by it first")] = None,
     shift_factor: Annotated[float | None, Query(description="then this is added")] = None,
-    do_scaling: Annotated[bool, Query(description="deprecated: without scaling_factor, use the model's")] = False,
+    do_scaling: Annotated[
+        bool, Query(description="deprecated: without scaling_factor, use the model's")
+    ] = False,
     output_type: Annotated[Literal["pil", "pt"], Query(description="pil: an image; pt: a tensor")] = "pil",
     image_format: Annotated[Literal["png", "jpg", "jpeg"], Query()] = "jpg",
-    partial_postprocess: Annotated[bool, Query(description="pt: uint8 (B, H, W, C) instead of floats")] = False,
+    partial_postprocess: Annotated[
+        bool, Query(description="pt: uint8 (B, H, W, C) instead of floats")
+    ] = False,
     force_not_quantize: Annotated[bool | None, Query(description="default: the model's setting")] = None,
 ) -> Response:
     """diffusers' `remote_decode`: latents -> an image (pil) or a tensor (pt)."""
@@ -158,12 +166,16 @@ async def remote_decode(
     if wanted is None:
         raise ServiceError("not_acceptable", "the reply can be image/png, image/jpeg or tensor/binary")
     if media_type(request) not in ("tensor/binary", "application/octet-stream", ""):
-        raise ServiceError("unsupported_media_type", "send the latents as raw bytes (Content-Type tensor/binary)")
+        raise ServiceError(
+            "unsupported_media_type", "send the latents as raw bytes (Content-Type tensor/binary)"
+        )
     if scaling_factor == 0:
         raise ServiceError("invalid_input", "scaling_factor must not be 0")
     if scaling_factor is None and do_scaling:
         scaling_factor = float(engine.config.get("scaling_factor") or 1.0)
-    skip_quantize = force_not_quantize_default(services, engine) if force_not_quantize is None else force_not_quantize
+    skip_quantize = (
+        force_not_quantize_default(services, engine) if force_not_quantize is None else force_not_quantize
+    )
     body = await read_body(request, services.settings.max_body_bytes)
     latents = await services.codec("tensor_decode", _read_latents, body, shape, dtype, engine)
     _check_size(services, engine, latents.shape[0], latents.shape[2], latents.shape[3])
@@ -171,7 +183,9 @@ async def remote_decode(
 
     if wanted == "tensor/binary" and not (output_type == "pt" and partial_postprocess):
         # floats: raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
-        images = await _on_engine_thread(services, engine, _decode_float, latents, skip_quantize, output_type == "pil")
+        images = await _on_engine_thread(
+            services, engine, _decode_float, latents, skip_quantize, output_type == "pil"
+        )
         return _tensor_reply(images, engine.dtype)
 
     ticket = services.batcher.admit(engine.name)
@@ -189,7 +203,9 @@ async def remote_decode(
             f"{len(outputs)} images cannot be one image; ask for output_type=pt (tensor/binary)",
         )
     fmt = "png" if wanted == "image/png" else "jpeg"
-    content = await services.codec("image_encode", codecs.write_image, outputs[0], fmt, services.encode_options)
+    content = await services.codec(
+        "image_encode", codecs.write_image, outputs[0], fmt, services.encode_options
+    )
     return Response(content, media_type=wanted)
 
 
@@ -204,7 +220,9 @@ def _read_images(
     if dtype is None:
         raise ServiceError("invalid_input", "a tensor body needs the query parameter dtype")
     if dtype not in (*codecs.LATENT_DTYPES, "uint8"):
-        raise ServiceError("invalid_input", f"dtype {dtype!r}: images must be uint8 or float16/bfloat16/float32")
+        raise ServiceError(
+            "invalid_input", f"dtype {dtype!r}: images must be uint8 or float16/bfloat16/float32"
+        )
     images = codecs.read_tensor(body, shape, dtype)
     if images.ndim == 3:
         images = images.unsqueeze(0)
@@ -215,9 +233,13 @@ def _read_images(
             f"images must be (B, {engine.in_channels}, H, W) for model {engine.name!r}; got {shape}",
         )
     if images.shape[2] % factor or images.shape[3] % factor:
-        raise ServiceError("invalid_input", f"image sides must be multiples of the downsample factor {factor}")
+        raise ServiceError(
+            "invalid_input", f"image sides must be multiples of the downsample factor {factor}"
+        )
     if images.shape[2] * images.shape[3] > max_pixels:
-        raise ServiceError("image_too_large", f"images of {images.shape[2]}x{images.shape[3]} exceed the limit")
+        raise ServiceError(
+            "image_too_large", f"images of {images.shape[2]}x{images.shape[3]} exceed the limit"
+        )
     floats = images.float() / 127.5 - 1.0 if dtype == "uint8" else images.float()
     if not bool(torch.isfinite(floats).all()):
         raise ServiceError("invalid_input", "the image tensor holds NaN or infinite values")
@@ -227,7 +249,9 @@ def _read_images(
 @router.post(
     "/encode",
     response_model=None,
-    openapi_extra={"requestBody": {"required": True, "content": {"tensor/binary": _BINARY, "image/png": _BINARY}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"tensor/binary": _BINARY, "image/png": _BINARY}}
+    },
     responses={
         200: {
             "description": "Latents (B, D, h, w) with `shape` and `dtype` headers",
@@ -241,7 +265,9 @@ async def remote_encode(
     services: ServicesDep,
     model: ModelQuery = None,
     shape: ShapeQuery = None,
-    dtype: Annotated[str | None, Query(description="for a tensor body: uint8, float16, bfloat16, float32")] = None,
+    dtype: Annotated[
+        str | None, Query(description="for a tensor body: uint8, float16, bfloat16, float32")
+    ] = None,
     scaling_factor: Annotated[float | None, Query(description="latents are multiplied by it last")] = None,
     shift_factor: Annotated[float | None, Query(description="subtracted before scaling")] = None,
 ) -> Response:

@@ -332,3 +332,17 @@ def test_openapi_documents_bodies_and_errors(client: TestClient) -> None:
     assert {"application/json", "tensor/binary"} <= set(decode["requestBody"]["content"])
     for name in ("EncodeJSONRequest", "EncodeResponse", "DecodeJSONRequest", "ModelInfo", "ErrorResponse"):
         assert name in spec["components"]["schemas"], name
+
+
+def test_deadline_passed_before_compute_is_504(make_client: Any) -> None:
+    client = make_client(request_timeout_s=0.001)
+    reply = client.post("/encode", content=png(), headers=PNG)
+    assert (reply.status_code, reply.json()["error"]["code"]) == (504, "deadline_exceeded")
+
+
+def test_cors_origins(make_client: Any) -> None:
+    client = make_client(cors_origins="https://app.example")
+    reply = client.options(
+        "/encode", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+    )
+    assert reply.headers["access-control-allow-origin"] == "https://app.example"

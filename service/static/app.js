@@ -1,0 +1,665 @@
+// vqserve page: show and edit the discrete codes of a VQ autoencoder.
+//
+// Plain JavaScript with no build step and no third-party code, so the page works offline and shows how a client
+// uses the public API: GET /models, POST /encode, POST /reconstruct and POST /decode, nothing else.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  models: [], // ModelInfo objects from GET /models
+  image: null, // {blob, name, url}: what the user picked
+  result: null, // {model, indices, shape: [h, w], imageSize: [H, W], codebookSize, factor}
+  edited: null, // a copy of result.indices that the user changes
+  counts: null, // Int32Array(K): cells per code in `edited`
+  selected: null, // [row, col] of the selected cell
+  hover: null, // [row, col] under the pointer
+  baseMap: null, // offscreen canvas with one filled square per cell; overlays are drawn on top of it
+  painting: false,
+  runId: 0, // a newer run makes older replies stale
+  decodeAbort: null,
+  decodeMs: null,
+  times: {},
+  urls: [], // object URLs to revoke when replaced
+};
+
+// ---------------------------------------------------------------------------------------------- API
+
+class ApiError extends Error {}
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// fetch with the service's JSON error body turned into a readable message; the time includes the body
+async function call(path, options, read) {
+  const started = performance.now();
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try {
+      const body = await response.json();
+      if (body && body.error) message = `${body.error.message} (${body.error.code}, HTTP ${response.status})`;
+    } catch (_) {
+      // not JSON: keep the status line
+    }
+    if (response.status === 401) message += ". Set the API key under the samples.";
+    throw new ApiError(message);
+  }
+  const data = await read(response);
+  return { data, response, ms: performance.now() - started };
+}
+
+const readJSON = (response) => response.json();
+const readBlob = (response) => response.blob();
+
+function modelQuery(name) {
+  return `model=${encodeURIComponent(name)}`;
+}
+
+// ---------------------------------------------------------------------------------------------- status
+
+function setStatus(text, busy) {
+  $("status").textContent = text;
+  document.body.dataset.state = busy ? "busy" : "ready";
+}
+
+function showError(error) {
+  const box = $("error");
+  box.textContent = error instanceof ApiError ? error.message : `Something went wrong: ${error.message || error}`;
+  box.hidden = false;
+  document.body.dataset.state = "error";
+  $("status").textContent = "";
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function objectURL(blob) {
+  const url = URL.createObjectURL(blob);
+  state.urls.push(url);
+  return url;
+}
+
+function releaseURLs() {
+  for (const url of state.urls) URL.revokeObjectURL(url);
+  state.urls = [];
+}
+
+// ---------------------------------------------------------------------------------------------- models
+
+async function loadModels() {
+  try {
+    const { data } = await call("/models", { method: "GET" }, readJSON);
+    state.models = data.models;
+    const select = $("model");
+    select.replaceChildren();
+    for (const info of state.models) {
+      const option = document.createElement("option");
+      option.value = info.name;
+      option.textContent = `${info.name} (${info.in_channels === 1 ? "grayscale" : "RGB"}, ${info.codebook_size} codes)`;
+      select.append(option);
+    }
+    select.disabled = state.models.length === 0;
+    describeModel();
+    setStatus(state.models.length ? "Pick an image." : "The server serves no model yet; try again shortly.", false);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function currentModel() {
+  return state.models.find((m) => m.name === $("model").value) || state.models[0];
+}
+
+function describeModel() {
+  const info = currentModel();
+  if (!info) return;
+  const bits = Math.log2(info.codebook_size);
+  $("model-info").textContent =
+    `downsample ×${info.downsample_factor}, ${info.codebook_size} codes (${fmt(bits, 2)} bits each), ` +
+    `${info.device} ${info.dtype}`;
+  $("code").max = String(info.codebook_size - 1);
+}
+
+// ---------------------------------------------------------------------------------------------- run
+
+async function pickImage(blob, name) {
+  state.image = { blob, name };
+  await run();
+}
+
+// encode (indices), reconstruct (image + PSNR), then decode the untouched grid: the edit view's starting point
+async function run() {
+  const info = currentModel();
+  if (!state.image || !info) return;
+  const id = ++state.runId;
+  clearError();
+  if (state.decodeAbort) state.decodeAbort.abort();
+  releaseURLs();
+  const { blob, name } = state.image;
+  const body = { method: "POST", body: blob };
+  const type = blob.type || "application/octet-stream";
+  try {
+    setStatus(`Encoding ${name} with ${info.name}…`, true);
+    const encoded = await call(
+      `/encode?${modelQuery(info.name)}`,
+      { ...body, headers: { "Content-Type": type, Accept: "application/json" } },
+      readJSON,
+    );
+    if (id !== state.runId) return;
+    setStatus(`Reconstructing ${name}…`, true);
+    const rebuilt = await call(
+      `/reconstruct?${modelQuery(info.name)}`,
+      { ...body, headers: { "Content-Type": type, Accept: "image/png" } },
+      readBlob,
+    );
+    if (id !== state.runId) return;
+
+    const data = encoded.data;
+    state.result = {
+      model: info.name,
+      indices: data.indices,
+      shape: data.shape,
+      imageSize: data.image_size,
+      codebookSize: data.codebook_size,
+      factor: info.downsample_factor,
+      channels: info.in_channels,
+      psnr: Number.parseFloat(rebuilt.response.headers.get("x-psnr")),
+    };
+    state.edited = data.indices.map((row) => row.slice());
+    state.selected = null;
+    state.hover = null;
+    state.times = { encode: encoded.ms, reconstruct: rebuilt.ms };
+    $("original").src = objectURL(blob);
+    $("reconstruction").src = objectURL(rebuilt.data);
+    $("results").hidden = false;
+    $("editor").hidden = false;
+    $("code").max = String(data.codebook_size - 1);
+    recount();
+    drawBaseMap();
+    drawCodeMap();
+    drawHistogram();
+    showStats();
+    updateEditInfo();
+    await decodeEdited(id);
+  } catch (error) {
+    if (id === state.runId && error.name !== "AbortError") showError(error);
+  }
+}
+
+// POST /decode with the edited grid as JSON indices, cropped to the original size; stale replies are dropped
+async function decodeEdited(id = state.runId) {
+  const result = state.result;
+  if (!result) return;
+  if (state.decodeAbort) state.decodeAbort.abort();
+  const abort = new AbortController();
+  state.decodeAbort = abort;
+  setStatus("Decoding the code grid…", true);
+  try {
+    const decoded = await call(
+      `/decode?${modelQuery(result.model)}`,
+      {
+        method: "POST",
+        signal: abort.signal,
+        headers: { "Content-Type": "application/json", Accept: "image/png" },
+        body: JSON.stringify({ indices: state.edited, image_size: result.imageSize }),
+      },
+      readBlob,
+    );
+    const bitmap = await createImageBitmap(decoded.data);
+    if (id !== state.runId || abort.signal.aborted) return;
+    const canvas = $("edited");
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+    state.times.decode = decoded.ms;
+    canvas.dataset.decodes = String(Number(canvas.dataset.decodes) + 1);
+    showStats();
+    const edits = countEdits();
+    setStatus(edits ? `Decoded the grid with ${edits} edited cell${edits === 1 ? "" : "s"}.` : "Done.", false);
+  } catch (error) {
+    if (error.name !== "AbortError" && id === state.runId) showError(error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- numbers
+
+function fmt(value, digits) {
+  return Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+function recount() {
+  const counts = new Int32Array(state.result.codebookSize);
+  for (const row of state.edited) for (const code of row) counts[code] += 1;
+  state.counts = counts;
+}
+
+function countEdits() {
+  const original = state.result.indices;
+  let edits = 0;
+  state.edited.forEach((row, r) => row.forEach((code, c) => (edits += code !== original[r][c] ? 1 : 0)));
+  return edits;
+}
+
+function showStats() {
+  const r = state.result;
+  const [h, w] = r.shape;
+  const [H, W] = r.imageSize;
+  const bitsPerCode = Math.log2(r.codebookSize);
+  const bpp = (bitsPerCode * h * w) / (H * W);
+  const raw = 8 * r.channels;
+  $("stat-psnr").textContent = `${fmt(r.psnr, 2)} dB`;
+  $("stat-grid").textContent = `${h} × ${w} codes for ${H} × ${W} px (×${r.factor})`;
+  $("stat-bpp").textContent = `${fmt(bpp, 3)} (${fmt(raw / bpp, 1)}× smaller than ${raw}-bit pixels)`;
+  let used = 0;
+  let entropy = 0;
+  const cells = h * w;
+  for (const n of state.counts) {
+    if (n === 0) continue;
+    used += 1;
+    entropy -= (n / cells) * Math.log2(n / cells);
+  }
+  $("stat-used").textContent =
+    `${used} of ${r.codebookSize} (${fmt((100 * used) / r.codebookSize, 1)}%), ` +
+    `perplexity ${fmt(2 ** entropy, 1)}`;
+  const t = state.times;
+  const parts = [`encode ${fmt(t.encode, 0)} ms`, `reconstruct ${fmt(t.reconstruct, 0)} ms`];
+  if (t.decode !== undefined) parts.push(`decode ${fmt(t.decode, 0)} ms`);
+  $("stat-time").textContent = parts.join(" · ");
+  $("original-size").textContent = `(${W} × ${H})`;
+}
+
+// ---------------------------------------------------------------------------------------------- colours
+
+// one stable colour per code: golden-angle hues keep neighbouring codes apart, a hash varies the tone
+const colourCache = new Map();
+
+function codeColour(code) {
+  let colour = colourCache.get(code);
+  if (colour === undefined) {
+    let h = Math.imul(code + 1, 0x9e3779b1) >>> 0;
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x85ebca6b) >>> 0;
+    h ^= h >>> 13;
+    const hue = (code * 137.508) % 360;
+    const saturation = 50 + (h % 40);
+    const lightness = 35 + ((h >>> 8) % 35);
+    colour = `hsl(${hue.toFixed(1)} ${saturation}% ${lightness}%)`;
+    colourCache.set(code, colour);
+  }
+  return colour;
+}
+
+// ---------------------------------------------------------------------------------------------- code map
+
+function cellSize() {
+  const [h, w] = state.result.shape;
+  return Math.max(4, Math.ceil(384 / Math.max(h, w)));
+}
+
+function drawBaseMap() {
+  const [h, w] = state.result.shape;
+  const s = cellSize();
+  const base = state.baseMap || document.createElement("canvas");
+  base.width = w * s;
+  base.height = h * s;
+  const ctx = base.getContext("2d");
+  for (let r = 0; r < h; r += 1) {
+    for (let c = 0; c < w; c += 1) paintCell(ctx, r, c, s);
+  }
+  state.baseMap = base;
+}
+
+function paintCell(ctx, r, c, s) {
+  const code = state.edited[r][c];
+  ctx.fillStyle = codeColour(code);
+  ctx.fillRect(c * s, r * s, s, s);
+  if (code !== state.result.indices[r][c] && s >= 6) {
+    // a small white corner marks an edited cell
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(c * s, r * s, Math.ceil(s / 3), Math.ceil(s / 3));
+  }
+}
+
+function drawCodeMap() {
+  const canvas = $("codemap");
+  const base = state.baseMap;
+  if (canvas.width !== base.width || canvas.height !== base.height) {
+    canvas.width = base.width;
+    canvas.height = base.height;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(base, 0, 0);
+  const s = cellSize();
+  const outline = (cell, dashed) => {
+    if (!cell) return;
+    const [r, c] = cell;
+    const size = tool() === "paint" && dashed ? brushSize() : 1;
+    const half = Math.floor(size / 2);
+    const x = (c - half) * s;
+    const y = (r - half) * s;
+    ctx.setLineDash(dashed ? [3, 2] : []);
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#000";
+    ctx.strokeRect(x + 1, y + 1, size * s - 2, size * s - 2);
+    ctx.strokeStyle = "#fff";
+    ctx.strokeRect(x - 1, y - 1, size * s + 2, size * s + 2);
+  };
+  outline(state.selected, false);
+  outline(state.hover, true);
+  ctx.setLineDash([]);
+}
+
+function cellAt(event) {
+  const canvas = $("codemap");
+  const rect = canvas.getBoundingClientRect();
+  const [h, w] = state.result.shape;
+  const c = Math.floor(((event.clientX - rect.left) / rect.width) * w);
+  const r = Math.floor(((event.clientY - rect.top) / rect.height) * h);
+  return r >= 0 && c >= 0 && r < h && c < w ? [r, c] : null;
+}
+
+function describeCell(cell) {
+  const [r, c] = cell;
+  const code = state.edited[r][c];
+  const original = state.result.indices[r][c];
+  const f = state.result.factor;
+  const was = code !== original ? `, was ${original}` : "";
+  return (
+    `row ${r}, col ${c} (pixels ${c * f}–${c * f + f - 1}, ${r * f}–${r * f + f - 1}): ` +
+    `code ${code}${was}, used ${state.counts[code]}×`
+  );
+}
+
+function tool() {
+  return document.querySelector('input[name="tool"]:checked').value;
+}
+
+function brushSize() {
+  return Number($("brush").value);
+}
+
+function brushCode() {
+  const value = Number($("code").value);
+  const size = state.result.codebookSize;
+  if (!Number.isInteger(value) || value < 0 || value >= size) {
+    showError(new ApiError(`The code must be a whole number from 0 to ${size - 1}.`));
+    return null;
+  }
+  clearError();
+  return value;
+}
+
+// set cells to a code; returns whether anything changed (so a no-op click does not cost a decode)
+function setCells(centre, size, code) {
+  const [h, w] = state.result.shape;
+  const half = Math.floor(size / 2);
+  const ctx = state.baseMap.getContext("2d");
+  const s = cellSize();
+  let changed = false;
+  for (let r = centre[0] - half; r <= centre[0] + half; r += 1) {
+    for (let c = centre[1] - half; c <= centre[1] + half; c += 1) {
+      if (r < 0 || c < 0 || r >= h || c >= w || state.edited[r][c] === code) continue;
+      state.counts[state.edited[r][c]] -= 1;
+      state.counts[code] += 1;
+      state.edited[r][c] = code;
+      paintCell(ctx, r, c, s);
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+function select(cell) {
+  state.selected = cell;
+  if (cell) $("code").value = String(state.edited[cell[0]][cell[1]]);
+  updateEditInfo();
+  drawCodeMap();
+}
+
+function updateEditInfo() {
+  const edits = state.result ? countEdits() : 0;
+  const where = state.selected ? `selected ${describeCell(state.selected)}` : "no cell selected";
+  $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.`;
+  $("apply").disabled = !state.selected;
+  $("reset").disabled = edits === 0;
+}
+
+function afterEdit() {
+  drawCodeMap();
+  drawHistogram();
+  showStats();
+  updateEditInfo();
+  decodeEdited();
+}
+
+function onMapDown(event) {
+  if (!state.result) return;
+  const cell = cellAt(event);
+  if (!cell) return;
+  event.preventDefault();
+  $("codemap").focus();
+  if (tool() === "select") {
+    select(cell);
+    return;
+  }
+  const code = brushCode();
+  if (code === null) return;
+  state.painting = { code, changed: setCells(cell, brushSize(), code) };
+  $("codemap").setPointerCapture(event.pointerId);
+  drawCodeMap();
+}
+
+function onMapMove(event) {
+  if (!state.result) return;
+  const cell = cellAt(event);
+  state.hover = cell;
+  $("hover").textContent = cell ? describeCell(cell) : "point at a cell";
+  if (state.painting && cell) state.painting.changed = setCells(cell, brushSize(), state.painting.code) || state.painting.changed;
+  drawCodeMap();
+}
+
+function onMapUp() {
+  if (!state.painting) return;
+  const { changed } = state.painting;
+  state.painting = false;
+  if (changed) afterEdit();
+}
+
+function onMapLeave() {
+  state.hover = null;
+  $("hover").textContent = "point at a cell";
+  if (state.result) drawCodeMap();
+}
+
+function onMapKey(event) {
+  if (!state.result) return;
+  const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+  const [h, w] = state.result.shape;
+  if (moves[event.key]) {
+    event.preventDefault();
+    const [r, c] = state.selected || [0, 0];
+    const [dr, dc] = state.selected ? moves[event.key] : [0, 0];
+    select([Math.min(h - 1, Math.max(0, r + dr)), Math.min(w - 1, Math.max(0, c + dc))]);
+    $("hover").textContent = describeCell(state.selected);
+  } else if (event.key === "Enter" && state.selected) {
+    event.preventDefault();
+    $("code").focus();
+    $("code").select();
+  }
+}
+
+function onApply(event) {
+  event.preventDefault();
+  if (!state.result) return;
+  const code = brushCode();
+  if (code === null) return;
+  const cell = state.selected;
+  if (tool() === "select" && cell && setCells(cell, 1, code)) afterEdit();
+  else if (tool() === "paint" && cell && setCells(cell, brushSize(), code)) afterEdit();
+}
+
+function onReset() {
+  if (!state.result) return;
+  state.edited = state.result.indices.map((row) => row.slice());
+  recount();
+  drawBaseMap();
+  afterEdit();
+}
+
+function onRandomCode() {
+  const size = state.result ? state.result.codebookSize : currentModel()?.codebook_size;
+  if (!size) return;
+  $("code").value = String(Math.floor(Math.random() * size));
+}
+
+// ---------------------------------------------------------------------------------------------- histogram
+
+function histogramBins() {
+  const K = state.result.codebookSize;
+  const bins = Math.min(K, 512);
+  return { K, bins, per: K / bins };
+}
+
+function drawHistogram() {
+  const canvas = $("histogram");
+  const ctx = canvas.getContext("2d");
+  const { K, bins, per } = histogramBins();
+  const sums = new Float64Array(bins);
+  for (let k = 0; k < K; k += 1) sums[Math.floor(k / per)] += state.counts[k];
+  const peak = Math.max(1, ...sums);
+  const { width, height } = canvas;
+  const styles = getComputedStyle(document.documentElement);
+  ctx.clearRect(0, 0, width, height);
+  ctx.fillStyle = styles.getPropertyValue("--line");
+  ctx.fillRect(0, height - 1, width, 1);
+  const barWidth = width / bins;
+  for (let b = 0; b < bins; b += 1) {
+    if (sums[b] === 0) continue;
+    const barHeight = Math.max(2, (sums[b] / peak) * (height - 8));
+    ctx.fillStyle = per === 1 ? codeColour(b) : styles.getPropertyValue("--accent");
+    ctx.fillRect(b * barWidth, height - barHeight, Math.max(1, barWidth - (barWidth > 3 ? 1 : 0)), barHeight);
+  }
+  canvas.setAttribute(
+    "aria-label",
+    `Codebook usage: cells per code for ${K} codes` + (per > 1 ? `, ${per} codes per bar` : ""),
+  );
+}
+
+function binAt(event) {
+  const canvas = $("histogram");
+  const rect = canvas.getBoundingClientRect();
+  const { bins } = histogramBins();
+  const b = Math.floor(((event.clientX - rect.left) / rect.width) * bins);
+  return b >= 0 && b < bins ? b : null;
+}
+
+// the codes of one bar and the most used of them (the one a click picks)
+function binCodes(b) {
+  const { per } = histogramBins();
+  const first = Math.ceil(b * per); // the codes k with floor(k / per) === b, as drawHistogram bins them
+  const last = Math.ceil((b + 1) * per) - 1;
+  let best = first;
+  let total = 0;
+  for (let k = first; k <= last; k += 1) {
+    total += state.counts[k];
+    if (state.counts[k] > state.counts[best]) best = k;
+  }
+  return { first, last, best, total };
+}
+
+function onHistogramMove(event) {
+  if (!state.result) return;
+  const b = binAt(event);
+  if (b === null) return;
+  const { first, last, best, total } = binCodes(b);
+  $("hist-info").textContent =
+    first === last
+      ? `code ${first}: ${total} cell${total === 1 ? "" : "s"}`
+      : `codes ${first}–${last}: ${total} cells; most used ${best} (${state.counts[best]})`;
+}
+
+function onHistogramClick(event) {
+  if (!state.result) return;
+  const b = binAt(event);
+  if (b === null) return;
+  $("code").value = String(binCodes(b).best);
+  document.querySelector('input[name="tool"][value="paint"]').checked = true;
+  updateEditInfo();
+}
+
+// ---------------------------------------------------------------------------------------------- inputs
+
+async function onSample(event) {
+  const button = event.target.closest("button[data-sample]");
+  if (!button) return;
+  // a grayscale digit goes to a grayscale model and a photo to an RGB one, when the server has one
+  const channels = Number(button.dataset.channels);
+  if (currentModel() && currentModel().in_channels !== channels) {
+    const match = state.models.find((m) => m.in_channels === channels);
+    if (match) {
+      $("model").value = match.name;
+      describeModel();
+    }
+  }
+  try {
+    const { data } = await call(`/static/${button.dataset.sample}`, { method: "GET" }, readBlob);
+    await pickImage(data, button.textContent.trim());
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function onFile() {
+  const file = $("file").files[0];
+  if (file) pickImage(file, file.name);
+}
+
+function setupDrop() {
+  const zone = $("dropzone");
+  const over = (on) => (event) => {
+    event.preventDefault();
+    zone.classList.toggle("over", on);
+  };
+  zone.addEventListener("dragenter", over(true));
+  zone.addEventListener("dragover", over(true));
+  zone.addEventListener("dragleave", over(false));
+  zone.addEventListener("drop", (event) => {
+    over(false)(event);
+    const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/") || f.type === "");
+    if (file) pickImage(file, file.name);
+    else showError(new ApiError("Drop an image file (PNG, JPEG or WebP)."));
+  });
+}
+
+function init() {
+  $("model").addEventListener("change", () => {
+    describeModel();
+    run();
+  });
+  $("file").addEventListener("change", onFile);
+  document.querySelector(".samples").addEventListener("click", onSample);
+  setupDrop();
+  const map = $("codemap");
+  map.addEventListener("pointerdown", onMapDown);
+  map.addEventListener("pointermove", onMapMove);
+  map.addEventListener("pointerup", onMapUp);
+  map.addEventListener("pointercancel", onMapUp);
+  map.addEventListener("pointerleave", onMapLeave);
+  map.addEventListener("keydown", onMapKey);
+  $("edit-form").addEventListener("submit", onApply);
+  $("reset").addEventListener("click", onReset);
+  $("random-code").addEventListener("click", onRandomCode);
+  $("brush").addEventListener("change", () => state.result && drawCodeMap());
+  const histogram = $("histogram");
+  histogram.addEventListener("pointermove", onHistogramMove);
+  histogram.addEventListener("click", onHistogramClick);
+  loadModels();
+}
+
+init();
