@@ -1,8 +1,9 @@
 """A closed-loop HTTP load generator, run as its own process so it does not share the server's interpreter.
 
-N clients each send one request, wait for the reply, and send the next; replies that complete inside the measured
-window (after a short warm-up) count; the result is one JSON line: requests/s, latency percentiles, and status counts. Two request styles:
-`vqserve` (raw PNG body to /reconstruct, PNG reply) and `litserve` (LitServe's JSON {"image": base64} to /predict).
+N clients each send one request, wait for the reply, and send the next; replies that complete inside the
+measured window (after a short warm-up) count. The result is one JSON line: requests/s, latency percentiles and
+status counts. Two request styles: `vqserve` (raw PNG body to /reconstruct, PNG reply) and `litserve`
+(LitServe's JSON {"image": base64} to /predict).
 
     python -m bench.loadgen --url http://127.0.0.1:8000 --style vqserve --image x.png --concurrency 16 --seconds 20
 """

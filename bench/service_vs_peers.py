@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -57,7 +58,10 @@ def photo_png(size: int) -> bytes:
 @contextlib.contextmanager
 def server(command: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+    # a session of its own, so that the whole process group (LitServe forks workers) can be stopped
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -72,11 +76,14 @@ def server(command: list[str], ready_url: str, env: dict[str, str] | None = None
             raise RuntimeError(f"{ready_url} never became ready")
         yield
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind
         log.close()
 
 
@@ -99,45 +106,80 @@ def load(url: str, style: str, image: Path, concurrency: int, seconds: float) ->
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@torch.inference_mode()
-def bare_throughputs(checkpoint: Path, png: bytes, repeats: int = 5) -> dict:
-    """In-process images/s of diffusers at batch 8, and our model's compute time at batch 1 (no HTTP, no codecs)."""
-    from diffusers import VQModel as DiffusersVQModel
+class BareModels:
+    """diffusers' and our model in this process, for the no-HTTP, no-codec references."""
 
-    from model import VQModel
+    def __init__(self, checkpoint: Path, png: bytes) -> None:
+        from diffusers import VQModel as DiffusersVQModel
 
-    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 127.5 - 1
-    one = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    eight = one.repeat(8, 1, 1, 1)
-    theirs = DiffusersVQModel.from_pretrained(checkpoint).eval()
-    ours = VQModel.from_pretrained(checkpoint).optimize_for_inference()
+        from model import VQModel
 
-    def median(fn, x: torch.Tensor) -> float:  # type: ignore[no-untyped-def]
-        fn(x)
-        times = []
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 127.5 - 1
+        self.one = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        self.eight = self.one.repeat(8, 1, 1, 1)
+        self.theirs = DiffusersVQModel.from_pretrained(checkpoint).eval()
+        self.ours = VQModel.from_pretrained(checkpoint).optimize_for_inference()
+        self.diffusers_b8: list[float] = []
+        self.ours_b1: list[float] = []
+        self.measure(repeats=1)  # warm-up
+        self.diffusers_b8.clear()
+        self.ours_b1.clear()
+
+    @torch.inference_mode()
+    def measure(self, repeats: int = 3) -> None:
         for _ in range(repeats):
             start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            self.theirs(self.eight)
+            self.diffusers_b8.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            self.ours.decode_indices(self.ours.quantize(self.ours.encode(self.one))[1])
+            self.ours_b1.append(time.perf_counter() - start)
 
-    diffusers_b8 = median(lambda x: theirs(x).sample, eight)
-    ours_b1 = median(lambda x: ours.decode_indices(ours.quantize(ours.encode(x))[1]), one)
-    return {"diffusers_batch8_images_per_s": 8 / diffusers_b8, "ours_batch1_compute_ms": ours_b1 * 1e3}
+    def summary(self) -> dict:
+        return {
+            "diffusers_batch8_images_per_s": 8 / statistics.median(self.diffusers_b8),
+            "ours_batch1_compute_ms": statistics.median(self.ours_b1) * 1e3,
+        }
 
 
-def headline(checkpoint: Path, seconds: float, work: Path) -> dict:
+def merge(runs: list[dict]) -> dict:
+    """Several measured windows of one setup as one: total throughput, median of the window percentiles."""
+    ok = sum(r["ok"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    status: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["status"].items():
+            status[code] = status.get(code, 0) + n
+    return {
+        "style": runs[0]["style"],
+        "concurrency": runs[0]["concurrency"],
+        "windows": len(runs),
+        "seconds": seconds,
+        "ok": ok,
+        "throughput_rps": ok / seconds,
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "status": status,
+    }
+
+
+def headline(checkpoint: Path, seconds: float, rounds: int, work: Path) -> dict:
+    """Rounds alternate the setups so drift hits both; one server runs at a time (LitServe's idle worker polls)."""
     image = work / "photo256.png"
     image.write_bytes(photo_png(256))
-    port = free_port()
-    with vqserve(checkpoint, port):
-        url = f"http://127.0.0.1:{port}"
-        ours16 = load(url, "vqserve", image, 16, seconds)
-        ours1 = load(url, "vqserve", image, 1, seconds)
-    port = free_port()
-    with litserve(checkpoint, port):
-        peer16 = load(f"http://127.0.0.1:{port}", "litserve", image, 16, seconds)
-    bare = bare_throughputs(checkpoint, image.read_bytes())
+    ours_port, peer_port = free_port(), free_port()
+    ours_url, peer_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{peer_port}"
+    runs: dict[str, list[dict]] = {"vqserve_c16": [], "litserve_c16": [], "vqserve_c1": []}
+    bare_models = BareModels(checkpoint, image.read_bytes())
+    for _ in range(rounds):
+        bare_models.measure()
+        with vqserve(checkpoint, ours_port):
+            runs["vqserve_c16"].append(load(ours_url, "vqserve", image, 16, seconds))
+            runs["vqserve_c1"].append(load(ours_url, "vqserve", image, 1, seconds))
+        with litserve(checkpoint, peer_port):
+            runs["litserve_c16"].append(load(peer_url, "litserve", image, 16, seconds))
+    ours16, peer16, ours1 = (merge(runs[k]) for k in ("vqserve_c16", "litserve_c16", "vqserve_c1"))
+    bare = bare_models.summary()
 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("inf")
@@ -198,7 +240,8 @@ def plot(rows: list[dict], machine: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="one measured window")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating windows per setup")
     parser.add_argument("--curves", action="store_true", help="also the scaling curves (goal 4)")
     parser.add_argument("--curve-seconds", type=float, default=8.0)
     parser.add_argument("--concurrencies", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
@@ -208,7 +251,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.checkpoint)}
-        result |= headline(args.checkpoint, args.seconds, Path(tmp))
+        result |= headline(args.checkpoint, args.seconds, args.rounds, Path(tmp))
         (RESULTS / "headline.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         if args.curves:
