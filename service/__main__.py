@@ -2,13 +2,15 @@
 
 Flags override environment variables, which override defaults. On SIGTERM/SIGINT readiness turns 503 and new
 inference requests are answered 503 at once; after VQSERVE_SHUTDOWN_DELAY_S the listener closes, admitted
-requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0.
+requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0. A second signal exits at once
+(code 128 + signal), as uvicorn and Ray Serve do on a second Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import types
@@ -77,12 +79,15 @@ class GracefulServer(uvicorn.Server):
         self._signalled = False
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        first = not self._signalled
+        if self._signalled:
+            # a second signal means "now": skip the drain (admitted work is lost) and exit 128 + signal
+            logger.warning("signal %d again: exiting at once without draining", sig)
+            logging.shutdown()
+            os._exit(128 + sig)
         self._signalled = True
         self.services.start_draining()
-        if first:
-            logger.info("signal %d: draining", sig)
-        if first and self.delay_s > 0:
+        logger.info("signal %d: draining", sig)
+        if self.delay_s > 0:
             threading.Timer(self.delay_s, self._stop, (sig, frame)).start()
         else:
             self._stop(sig, frame)

@@ -23,7 +23,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .errors import install_handlers
+from .errors import ServiceError, error_response, install_handlers
 from .routes import health, inference, models, oip, remote, web
 from .runtime import Services
 from .settings import Settings
@@ -94,6 +94,55 @@ class RequestContextMiddleware:
             )
 
 
+class BodyGuardMiddleware:
+    """Bounds every request body on every route, whoever reads it: at most `max_body_bytes` (413, refused from
+    Content-Length before a byte is read, else as soon as the count passes it) and all of it within
+    `body_timeout_s` of arrival (408), so a slow-loris client cannot hold a queue slot or a codec thread forever.
+
+    The errors are raised from `receive`, inside the route, so the exception handlers answer them as JSON.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+        self.timeout = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            error = ServiceError(
+                "body_too_large", f"body of {int(declared)} bytes exceeds the limit of {self.limit} bytes"
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        deadline = time.monotonic() + self.timeout
+        size, complete = 0, False
+
+        async def guarded_receive() -> Message:
+            nonlocal size, complete
+            if complete:  # after the body only the disconnect is left to wait for: never bounded here
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ServiceError(
+                    "body_timeout", f"the request body did not arrive within {self.timeout:g} s"
+                ) from None
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.limit:
+                    raise ServiceError("body_too_large", f"body exceeds the limit of {self.limit} bytes")
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
+            return message
+
+        await self.app(scope, guarded_receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
@@ -144,6 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-psnr", "shape", "dtype", "retry-after"],
         )
+    app.add_middleware(
+        BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

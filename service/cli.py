@@ -134,7 +134,7 @@ def find_images(paths: Iterable[Path]) -> list[tuple[str, Path]]:
     keys = [key for key, _ in found]
     if len(set(keys)) != len(keys):
         raise SystemExit(
-            "error: two inputs map to the same name; pass one folder instead of files from several"
+            "error: two inputs map to the same name; pass one folder instead of files from several",
         )
     return found
 
@@ -240,17 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqserve", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
-        "serve", help="run the HTTP server (every `python -m service` flag is accepted)", add_help=False
+        "serve",
+        help="run the HTTP server (every `python -m service` flag is accepted)",
+        add_help=False,
     )
 
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where the model runs")
     where.add_argument("--url", default=DEFAULT_URL, help=f"server to use (default {DEFAULT_URL})")
-    where.add_argument("--model", help="served model name (remote) ; default: the server's first")
+    where.add_argument("--model", help="served model name (remote); default: the server's first")
     where.add_argument("--api-key", default=os.environ.get("VQSERVE_API_KEY"), help="env VQSERVE_API_KEY")
     where.add_argument("--timeout", type=float, default=120.0, help="seconds per request (remote)")
     where.add_argument(
-        "--model-path", type=Path, help="run in-process on this checkpoint instead of a server"
+        "--model-path",
+        type=Path,
+        help="run in-process on this checkpoint instead of a server",
     )
     where.add_argument("--model-subfolder", help="subfolder of --model-path (e.g. vqvae, movq)")
     where.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N")
@@ -259,18 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encode", parents=[common], help="images (files or folders) -> .npz/.npy of indices")
     enc.add_argument("inputs", nargs="+", type=Path)
     enc.add_argument(
-        "-o", "--output", type=Path, required=True, help=".npz (name -> (h, w)) or .npy (B, h, w)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help=".npz (name -> (h, w)) or .npy (B, h, w)",
     )
     dec = sub.add_parser("decode", parents=[common], help="an .npz/.npy of indices -> PNGs")
     dec.add_argument("indices", type=Path)
     dec.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     rec = sub.add_parser(
-        "reconstruct", parents=[common], help="folder -> folder of reconstructions, with PSNR"
+        "reconstruct",
+        parents=[common],
+        help="folder -> folder of reconstructions, with PSNR",
     )
     rec.add_argument("input", type=Path)
     rec.add_argument("-o", "--output", type=Path, required=True, help="output folder (also gets psnr.csv)")
     sub.add_parser(
-        "info", parents=[common], help="what the model is: config, codebook size, downsample factor"
+        "info",
+        parents=[common],
+        help="what the model is: config, codebook size, downsample factor",
     )
     return parser
 

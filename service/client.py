@@ -237,7 +237,11 @@ class Client(_Base):
     """Synchronous client; thread-safe (one connection pool shared by threads). Use as a context manager."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, transport: httpx.BaseTransport | None = None, **kw: Any
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(url, **kw)
         self._http = httpx.Client(timeout=self._timeout, transport=transport)
@@ -314,7 +318,11 @@ class AsyncClient(_Base):
     """Asynchronous client: the methods of `Client` as coroutines. Use as an async context manager."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None, **kw: Any
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(url, **kw)
         self._http = httpx.AsyncClient(timeout=self._timeout, transport=transport)

@@ -163,7 +163,29 @@ class Engine:
     async def compute(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
         """Run one batch on the engine thread; results align with `payloads`."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, op, payloads, params)
+        return await loop.run_in_executor(self._executor, self._run_splitting, op, payloads, params)
+
+    def _run_splitting(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
+        """`_run`, but a batch that runs out of GPU memory is split in halves and retried, down to single items;
+        a single item that still does not fit fails its batch (500) like any other engine error."""
+        try:
+            return self._run(op, payloads, params)
+        except torch.cuda.OutOfMemoryError:
+            if len(payloads) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(payloads) // 2
+            logger.warning(
+                "model %s: out of memory on a batch of %d %s items; retrying as %d + %d",
+                self.name,
+                len(payloads),
+                op,
+                half,
+                len(payloads) - half,
+            )
+            first = self._run_splitting(op, payloads[:half], params)
+            return first + self._run_splitting(op, payloads[half:], params)
 
     def _run(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
         model = self._loaded()

@@ -29,6 +29,28 @@ class ModelFacts:
     embed_dim: int
     downsample_factor: int
     codebook_size: int
+    min_latent_area: int = 1  # latent cells (h * w) one image needs; see `min_latent_area`
+
+
+def min_latent_area(config: dict[str, Any]) -> int:
+    """The fewest latent cells (h * w) the model can compute for one image.
+
+    GroupNorm refuses a group of a single value, and at the latent resolution the norms see the last two
+    block_out_channels (C channels, h * w cells, C / norm_num_groups channels per group): with one channel per
+    group a 1x1 latent (a 1x1 image, a 1x1 index map) would fail inside the model, so it is refused as 422 first.
+    """
+    channels = min(list(config.get("block_out_channels") or [2])[-2:])
+    groups = int(config.get("norm_num_groups") or 1)
+    return 1 if channels // max(groups, 1) >= 2 else 2
+
+
+def _check_latent_area(h: int, w: int, facts: ModelFacts, what: str) -> None:
+    if h * w < facts.min_latent_area:
+        raise ServiceError(
+            "invalid_input",
+            f"{what} is too small for model {facts.name!r}: it needs at least {facts.min_latent_area} latent cells "
+            f"(h x w), got {h}x{w}; send a larger image or index map",
+        )
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,12 @@ def prepare_images(files: list[bytes], facts: ModelFacts, max_pixels: int) -> li
     out = []
     for data in files:
         arr = codecs.read_image(data, channels=facts.in_channels, max_pixels=max_pixels)
-        out.append(ImageInput(codecs.to_model_input(arr, facts.downsample_factor), arr))
+        tensor = codecs.to_model_input(arr, facts.downsample_factor)  # (C, H', W')
+        factor = facts.downsample_factor
+        _check_latent_area(
+            tensor.shape[1] // factor, tensor.shape[2] // factor, facts, f"a {arr.shape[0]}x{arr.shape[1]} image"
+        )
+        out.append(ImageInput(tensor, arr))
     return out
 
 
@@ -151,6 +178,7 @@ def _indices_input(indices: torch.Tensor, facts: ModelFacts, crop: tuple[int, in
             f"indices must lie in [0, {facts.codebook_size}) for model {facts.name!r}; got values in [{low}, {high}]",
         )
     indices = indices.long()
+    _check_latent_area(indices.shape[1], indices.shape[2], facts, "the index map")
     _check_crop(crop, indices.shape[1], indices.shape[2], facts)
     return DecodeInput("decode_indices", list(indices.unbind(0)), crop)
 
@@ -166,6 +194,7 @@ def _latents_input(latents: torch.Tensor, facts: ModelFacts, crop: tuple[int, in
     latents = latents.float()
     if not bool(torch.isfinite(latents).all()):
         raise ServiceError("invalid_input", "latents hold NaN or infinite values")
+    _check_latent_area(latents.shape[2], latents.shape[3], facts, "the latent map")
     _check_crop(crop, latents.shape[2], latents.shape[3], facts)
     return DecodeInput("decode_latents", list(latents.unbind(0)), crop)
 

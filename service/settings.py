@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=4096 * 4096, ge=1)  # per image
     max_images_per_request: int = Field(default=32, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; -> 408
     # codecs
     codec_threads: int = Field(default=4, ge=1)
     png_compress_level: int = Field(default=1, ge=0, le=9)

@@ -4,6 +4,7 @@ batcher, pick the reply format. Handlers never compute tensors themselves."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -23,6 +24,7 @@ from ..payloads import (
     encode_json,
     images_binary,
     images_json,
+    min_latent_area,
     prepare_images,
     reconstruct_reply,
 )
@@ -72,7 +74,14 @@ DECODE_BODY: dict[str, Any] = {
 
 
 def facts(engine: Engine) -> ModelFacts:
-    return ModelFacts(engine.name, engine.in_channels, engine.embed_dim, engine.downsample_factor, engine.codebook_size)
+    return ModelFacts(
+        engine.name,
+        engine.in_channels,
+        engine.embed_dim,
+        engine.downsample_factor,
+        engine.codebook_size,
+        min_latent_area(engine.config),
+    )
 
 
 async def run_items(
@@ -175,8 +184,10 @@ async def decode(
 ) -> Response:
     """Decode codebook indices or latents to images."""
     engine = services.engine(model)
-    if scaling_factor is not None and scaling_factor == 0:
-        raise ServiceError("invalid_input", "scaling_factor must not be 0")
+    if scaling_factor is not None and (scaling_factor == 0 or not math.isfinite(scaling_factor)):
+        raise ServiceError(
+            "invalid_input", f"scaling_factor must be a finite number other than 0, got {scaling_factor}"
+        )
     wanted = negotiate(
         request, ["image/png", "image/jpeg", "image/webp", "application/json", *TENSOR_TYPES], override=None
     )

@@ -113,7 +113,8 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise OIPError(
-                400, f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)}"
+                400,
+                f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)}",
             )
         head, blobs = body[:header_length], memoryview(body)[header_length:]
     else:
@@ -141,7 +142,8 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in allowed:
             raise OIPError(
-                400, f"output {name!r} is not produced from input {tensor.name}; choose from {allowed}"
+                400,
+                f"output {name!r} is not produced from input {tensor.name}; choose from {allowed}",
             )
         wanted = (spec.get("parameters") or {}).get("binary_data", binary_default)
         outputs[name] = bool(wanted)
@@ -167,7 +169,8 @@ def _parse_tensor(spec: Any, blobs: memoryview) -> tuple[Tensor, int]:
     if size is not None:
         if size != count * dtype.itemsize or size > len(blobs):
             raise OIPError(
-                400, f"input {name}: binary_data_size {size} does not match shape {shape} of {datatype}"
+                400,
+                f"input {name}: binary_data_size {size} does not match shape {shape} of {datatype}",
             )
         array = np.frombuffer(blobs[:size], dtype=dtype).reshape(shape)
         return Tensor(name, datatype, array.astype(dtype.newbyteorder("="))), int(size)
@@ -189,14 +192,16 @@ def _to_model_inputs(tensor: Tensor, services: Services, name: str) -> tuple[str
     factor = engine.downsample_factor
     if arr.shape[0] > settings.max_images_per_request:
         raise OIPError(
-            413, f"{arr.shape[0]} items in one request; the limit is {settings.max_images_per_request}"
+            413,
+            f"{arr.shape[0]} items in one request; the limit is {settings.max_images_per_request}",
         )
     if tensor.name == "IMAGE":
         if arr.ndim != 4 or arr.shape[3] != engine.in_channels:
             raise OIPError(400, f"IMAGE must be [B, H, W, {engine.in_channels}], got {list(arr.shape)}")
         if arr.shape[1] * arr.shape[2] > settings.max_pixels:
             raise OIPError(
-                413, f"images of {arr.shape[1]}x{arr.shape[2]} exceed {settings.max_pixels} pixels"
+                413,
+                f"images of {arr.shape[1]}x{arr.shape[2]} exceed {settings.max_pixels} pixels",
             )
         return "encode", [codecs.to_model_input(np.ascontiguousarray(image), factor) for image in arr]
     h, w = arr.shape[-2], arr.shape[-1]
@@ -208,7 +213,8 @@ def _to_model_inputs(tensor: Tensor, services: Services, name: str) -> tuple[str
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high >= engine.codebook_size:
             raise OIPError(
-                400, f"INDICES must lie in [0, {engine.codebook_size}); got values in [{low}, {high}]"
+                400,
+                f"INDICES must lie in [0, {engine.codebook_size}); got values in [{low}, {high}]",
             )
         return "decode_indices", list(torch.from_numpy(arr.astype(np.int64)).unbind(0))
     if arr.ndim != 4 or arr.shape[1] != engine.embed_dim:
@@ -219,7 +225,9 @@ def _to_model_inputs(tensor: Tensor, services: Services, name: str) -> tuple[str
 
 
 def build_response(
-    model: str, request: InferRequest, arrays: dict[str, np.ndarray]
+    model: str,
+    request: InferRequest,
+    arrays: dict[str, np.ndarray],
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
     outputs, blobs = [], []

@@ -37,6 +37,9 @@ router = APIRouter(prefix="/remote", tags=["remote (diffusers)"], dependencies=I
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _TENSOR_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"tensor/binary": _BINARY}}}
+_IMAGE_OR_TENSOR_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"tensor/binary": _BINARY, "image/png": _BINARY}},
+}
 ModelQuery = Annotated[str | None, Query(description="served model name; default: the first configured")]
 ShapeQuery = Annotated[list[int] | None, Query(description="tensor shape, repeated in order")]
 FloatQuery = Annotated[float | None, Query()]
@@ -66,14 +69,18 @@ async def _on_engine_thread(services: Services, engine: Engine, fn: Any, *args: 
         return await asyncio.wait_for(loop.run_in_executor(executor, fn, engine.model, *args), timeout)
     except TimeoutError as exc:
         raise ServiceError(
-            "deadline_exceeded", "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed"
+            "deadline_exceeded",
+            "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed",
         ) from exc
     finally:
         ticket.abandon()
 
 
 def _decode_float(
-    model: Any, latents: torch.Tensor, force_not_quantize: bool, unit_range: bool
+    model: Any,
+    latents: torch.Tensor,
+    force_not_quantize: bool,
+    unit_range: bool,
 ) -> torch.Tensor:
     """(B, D, h, w) -> decoder output (B, C, H, W) in [-1, 1], or in [0, 1] as diffusers' processors make."""
     with torch.inference_mode():
@@ -151,12 +158,14 @@ async def remote_decode(
     scaling_factor: Annotated[float | None, Query(description="latents are divided by it first")] = None,
     shift_factor: Annotated[float | None, Query(description="then this is added")] = None,
     do_scaling: Annotated[
-        bool, Query(description="deprecated: without scaling_factor, use the model's")
+        bool,
+        Query(description="deprecated: without scaling_factor, use the model's"),
     ] = False,
     output_type: Annotated[Literal["pil", "pt"], Query(description="pil: an image; pt: a tensor")] = "pil",
     image_format: Annotated[Literal["png", "jpg", "jpeg"], Query()] = "jpg",
     partial_postprocess: Annotated[
-        bool, Query(description="pt: uint8 (B, H, W, C) instead of floats")
+        bool,
+        Query(description="pt: uint8 (B, H, W, C) instead of floats"),
     ] = False,
     force_not_quantize: Annotated[bool | None, Query(description="default: the model's setting")] = None,
 ) -> Response:
@@ -167,15 +176,16 @@ async def remote_decode(
         raise ServiceError("not_acceptable", "the reply can be image/png, image/jpeg or tensor/binary")
     if media_type(request) not in ("tensor/binary", "application/octet-stream", ""):
         raise ServiceError(
-            "unsupported_media_type", "send the latents as raw bytes (Content-Type tensor/binary)"
+            "unsupported_media_type",
+            "send the latents as raw bytes (Content-Type tensor/binary)",
         )
     if scaling_factor == 0:
         raise ServiceError("invalid_input", "scaling_factor must not be 0")
     if scaling_factor is None and do_scaling:
         scaling_factor = float(engine.config.get("scaling_factor") or 1.0)
-    skip_quantize = (
-        force_not_quantize_default(services, engine) if force_not_quantize is None else force_not_quantize
-    )
+    skip_quantize = force_not_quantize
+    if skip_quantize is None:
+        skip_quantize = force_not_quantize_default(services, engine)
     body = await read_body(request, services.settings.max_body_bytes)
     latents = await services.codec("tensor_decode", _read_latents, body, shape, dtype, engine)
     _check_size(services, engine, latents.shape[0], latents.shape[2], latents.shape[3])
@@ -184,7 +194,12 @@ async def remote_decode(
     if wanted == "tensor/binary" and not (output_type == "pt" and partial_postprocess):
         # floats: raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
         images = await _on_engine_thread(
-            services, engine, _decode_float, latents, skip_quantize, output_type == "pil"
+            services,
+            engine,
+            _decode_float,
+            latents,
+            skip_quantize,
+            output_type == "pil",
         )
         return _tensor_reply(images, engine.dtype)
 
@@ -204,7 +219,11 @@ async def remote_decode(
         )
     fmt = "png" if wanted == "image/png" else "jpeg"
     content = await services.codec(
-        "image_encode", codecs.write_image, outputs[0], fmt, services.encode_options
+        "image_encode",
+        codecs.write_image,
+        outputs[0],
+        fmt,
+        services.encode_options,
     )
     return Response(content, media_type=wanted)
 
@@ -221,7 +240,8 @@ def _read_images(
         raise ServiceError("invalid_input", "a tensor body needs the query parameter dtype")
     if dtype not in (*codecs.LATENT_DTYPES, "uint8"):
         raise ServiceError(
-            "invalid_input", f"dtype {dtype!r}: images must be uint8 or float16/bfloat16/float32"
+            "invalid_input",
+            f"dtype {dtype!r}: images must be uint8 or float16/bfloat16/float32",
         )
     images = codecs.read_tensor(body, shape, dtype)
     if images.ndim == 3:
@@ -234,11 +254,13 @@ def _read_images(
         )
     if images.shape[2] % factor or images.shape[3] % factor:
         raise ServiceError(
-            "invalid_input", f"image sides must be multiples of the downsample factor {factor}"
+            "invalid_input",
+            f"image sides must be multiples of the downsample factor {factor}",
         )
     if images.shape[2] * images.shape[3] > max_pixels:
         raise ServiceError(
-            "image_too_large", f"images of {images.shape[2]}x{images.shape[3]} exceed the limit"
+            "image_too_large",
+            f"images of {images.shape[2]}x{images.shape[3]} exceed the limit",
         )
     floats = images.float() / 127.5 - 1.0 if dtype == "uint8" else images.float()
     if not bool(torch.isfinite(floats).all()):
@@ -249,9 +271,7 @@ def _read_images(
 @router.post(
     "/encode",
     response_model=None,
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"tensor/binary": _BINARY, "image/png": _BINARY}}
-    },
+    openapi_extra=_IMAGE_OR_TENSOR_BODY,
     responses={
         200: {
             "description": "Latents (B, D, h, w) with `shape` and `dtype` headers",
@@ -266,7 +286,8 @@ async def remote_encode(
     model: ModelQuery = None,
     shape: ShapeQuery = None,
     dtype: Annotated[
-        str | None, Query(description="for a tensor body: uint8, float16, bfloat16, float32")
+        str | None,
+        Query(description="for a tensor body: uint8, float16, bfloat16, float32"),
     ] = None,
     scaling_factor: Annotated[float | None, Query(description="latents are multiplied by it last")] = None,
     shift_factor: Annotated[float | None, Query(description="subtracted before scaling")] = None,

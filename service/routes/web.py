@@ -1,10 +1,10 @@
 """GET / and /static/...: the page that shows what a VQ model does to an image (issue 9).
 
-The page is plain HTML, CSS and JavaScript shipped inside the package (`service/static/`) and talks to the service
-only through the public API, so it doubles as a worked example of that API. This router only serves files: the
-set of servable files is fixed when the module is imported (nothing outside `static/` can be named, whatever the
-path says), and every reply carries a Content-Security-Policy that allows nothing but this origin, so the page
-provably works offline and cannot pull code from a CDN.
+The page is plain HTML, CSS and JavaScript shipped inside the package (`service/static/`) and talks to the
+service only through the public API, so it doubles as a worked example of that API. This router only serves
+files: the set of servable files is fixed when the module is imported (nothing outside `static/` can be named,
+whatever the path says), and every reply carries a Content-Security-Policy that allows only this origin, so
+the page provably works offline and cannot pull code from a CDN.
 """
 
 from __future__ import annotations

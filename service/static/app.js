@@ -67,7 +67,8 @@ function setStatus(text, busy) {
 
 function showError(error) {
   const box = $("error");
-  box.textContent = error instanceof ApiError ? error.message : `Something went wrong: ${error.message || error}`;
+  const detail = error instanceof ApiError ? error.message : `Something went wrong: ${error.message || error}`;
+  box.textContent = detail;
   box.hidden = false;
   document.body.dataset.state = "error";
   $("status").textContent = "";
@@ -96,16 +97,20 @@ async function loadModels() {
     const { data } = await call("/models", { method: "GET" }, readJSON);
     state.models = data.models;
     const select = $("model");
+    const previous = select.value;
     select.replaceChildren();
     for (const info of state.models) {
       const option = document.createElement("option");
       option.value = info.name;
-      option.textContent = `${info.name} (${info.in_channels === 1 ? "grayscale" : "RGB"}, ${info.codebook_size} codes)`;
+      const kind = info.in_channels === 1 ? "grayscale" : "RGB";
+      option.textContent = `${info.name} (${kind}, ${info.codebook_size} codes)`;
       select.append(option);
     }
+    if (state.models.some((m) => m.name === previous)) select.value = previous;
     select.disabled = state.models.length === 0;
     describeModel();
-    setStatus(state.models.length ? "Pick an image." : "The server serves no model yet; try again shortly.", false);
+    const next = state.models.length ? "Pick an image." : "The server serves no model yet; try again shortly.";
+    setStatus(next, false);
   } catch (error) {
     showError(error);
   }
@@ -371,7 +376,7 @@ function describeCell(cell) {
   const f = state.result.factor;
   const was = code !== original ? `, was ${original}` : "";
   return (
-    `row ${r}, col ${c} (pixels ${c * f}–${c * f + f - 1}, ${r * f}–${r * f + f - 1}): ` +
+    `row ${r}, col ${c} (x ${c * f}–${c * f + f - 1}, y ${r * f}–${r * f + f - 1}): ` +
     `code ${code}${was}, used ${state.counts[code]}×`
   );
 }
@@ -460,7 +465,7 @@ function onMapMove(event) {
   const cell = cellAt(event);
   state.hover = cell;
   $("hover").textContent = cell ? describeCell(cell) : "point at a cell";
-  if (state.painting && cell) state.painting.changed = setCells(cell, brushSize(), state.painting.code) || state.painting.changed;
+  if (state.painting && cell && setCells(cell, brushSize(), state.painting.code)) state.painting.changed = true;
   drawCodeMap();
 }
 
@@ -655,6 +660,11 @@ function init() {
   $("edit-form").addEventListener("submit", onApply);
   $("reset").addEventListener("click", onReset);
   $("random-code").addEventListener("click", onRandomCode);
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearError();
+    loadModels().then(run);
+  });
   $("brush").addEventListener("change", () => state.result && drawCodeMap());
   const histogram = $("histogram");
   histogram.addEventListener("pointermove", onHistogramMove);

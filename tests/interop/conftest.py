@@ -112,3 +112,13 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def guarded_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with an API key and a queue of one, so that concurrent requests meet real 429s."""
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    extra = ("--api-keys", "k-test", "--max-queue", "1", "--max-batch-size", "1")
+    running = start_server(checkpoint, log, *extra)
+    yield running
+    stop_server(running)

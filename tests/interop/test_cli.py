@@ -32,7 +32,10 @@ def image_folder(tmp_path: Path) -> Path:
 def test_encode_remote_equals_in_process(server: Server, image_folder: Path, tmp_path: Path) -> None:
     remote, local = tmp_path / "remote.npz", tmp_path / "local.npz"
     assert (
-        main(["encode", str(image_folder), "-o", str(remote), "--url", server.url, "--concurrency", "3"]) == 0
+        main(
+            ["encode", str(image_folder), "-o", str(remote), "--url", server.url, "--concurrency", "3"],
+        )
+        == 0
     )
     assert main(["encode", str(image_folder), "-o", str(local), "--model-path", str(server.checkpoint)]) == 0
     with np.load(remote) as r, np.load(local) as loc:
@@ -75,7 +78,9 @@ def test_reconstruct_folder_reports_psnr(
 
     local = tmp_path / "rec-local"
     assert (
-        main(["reconstruct", str(image_folder), "-o", str(local), "--model-path", str(server.checkpoint)])
+        main(
+            ["reconstruct", str(image_folder), "-o", str(local), "--model-path", str(server.checkpoint)],
+        )
         == 0
     )
     with (local / "psnr.csv").open() as handle:
@@ -105,3 +110,10 @@ def test_info_as_a_module_and_errors(server: Server) -> None:
     )
     assert unreachable.returncode == 1
     assert "cannot reach" in unreachable.stderr
+
+
+def test_serve_forwards_to_the_server_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["serve", "--help"])
+    assert excinfo.value.code == 0
+    assert "--max-queue" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from PIL import Image
 from model import VQModel
 from service.client import AsyncClient, Client, VQServeError, retry_delay
 
-from .conftest import Server, png_bytes, random_rgb, start_server, stop_server
+from .conftest import Server, png_bytes, random_rgb
 
 
 def ref_indices(model: VQModel, arr: np.ndarray) -> np.ndarray:
@@ -139,16 +139,6 @@ def test_retry_delay_honours_retry_after() -> None:
     assert retry_delay(httpx.Response(429, headers={"Retry-After": "120"}), 0, 0.25, 5.0) == 5.0
     backoff = retry_delay(httpx.Response(503), 3, 0.25, 30.0)
     assert 0.25 * 8 * 0.5 <= backoff <= 0.25 * 8 * 1.5
-
-
-@pytest.fixture(scope="module")
-def guarded_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server with an API key and a queue of one, so that concurrent requests meet real 429s."""
-    log = tmp_path_factory.mktemp("guarded") / "server.log"
-    extra = ("--api-keys", "k-test", "--max-queue", "1", "--max-batch-size", "1")
-    running = start_server(checkpoint, log, *extra)
-    yield running
-    stop_server(running)
 
 
 def test_api_key(guarded_server: Server) -> None:

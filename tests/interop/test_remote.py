@@ -4,12 +4,14 @@ with diffusers' in-process `VQModel` on the same checkpoint."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 
 import diffusers
 import httpx
 import numpy as np
 import pytest
+import requests
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.remote_utils import remote_decode, remote_encode
@@ -32,7 +34,9 @@ def latents() -> torch.Tensor:
 
 
 def reference(
-    dvae: diffusers.VQModel, latents: torch.Tensor, force_not_quantize: bool = False
+    dvae: diffusers.VQModel,
+    latents: torch.Tensor,
+    force_not_quantize: bool = False,
 ) -> torch.Tensor:
     with torch.inference_mode():
         return dvae.decode(latents, force_not_quantize=force_not_quantize).sample  # (B, C, H, W) in ~[-1, 1]
@@ -121,7 +125,9 @@ def test_pt_with_processor_and_pil_through_processor(
 
 
 def test_half_precision_latents_and_unscaled(
-    server: Server, dvae: diffusers.VQModel, latents: torch.Tensor
+    server: Server,
+    dvae: diffusers.VQModel,
+    latents: torch.Tensor,
 ) -> None:
     endpoint = server.url + "/remote/decode"
     out = remote_decode(endpoint, latents.half(), do_scaling=False, output_type="pt", return_type="pt")
@@ -143,7 +149,7 @@ def test_force_not_quantize_query(server: Server, dvae: diffusers.VQModel, laten
     )
     assert response.status_code == 200
     got = torch.frombuffer(bytearray(response.content), dtype=torch.float32).reshape(
-        eval(response.headers["shape"])
+        json.loads(response.headers["shape"])
     )
     torch.testing.assert_close(got, reference(dvae, latents, force_not_quantize=True), atol=1e-3, rtol=1e-3)
     assert not torch.allclose(got, reference(dvae, latents), atol=1e-3)
@@ -178,7 +184,11 @@ def test_errors_are_json_4xx(server: Server) -> None:
     endpoint = server.url + "/remote/decode"
     with pytest.raises(RuntimeError, match="invalid_input"):
         remote_decode(
-            endpoint, torch.randn(1, 3, 8, 8), scaling_factor=SCALE, output_type="pt", return_type="pt"
+            endpoint,
+            torch.randn(1, 3, 8, 8),
+            scaling_factor=SCALE,
+            output_type="pt",
+            return_type="pt",
         )
     with pytest.raises(RuntimeError, match="invalid_input"):
         remote_decode(
@@ -224,3 +234,44 @@ def test_movq_skips_quantization_by_default(movq_server: Server, latents: torch.
         movq_server.url + "/remote/decode", latents, do_scaling=False, output_type="pt", return_type="pt"
     )
     torch.testing.assert_close(got, reference(movq, latents, force_not_quantize=True), atol=1e-3, rtol=1e-3)
+
+
+def test_sdnext_request_format(server: Server, dvae: diffusers.VQModel, latents: torch.Tensor) -> None:
+    """SD.Next's `modules/sd_vae_remote.py` builds the request by hand: one latent, `do_scaling`, the
+    `*_tensor_type` flags, and the tensor's raw bytes; its `raw` mode expects floats, `png` an image."""
+    scale = diffusers.VQModel.load_config(server.checkpoint)["scaling_factor"]
+    expected = reference(dvae, latents / scale)
+    base = {
+        "do_scaling": True,
+        "input_tensor_type": "binary",
+        "shape": list(latents.shape),
+        "dtype": "float32",
+    }
+    raw = requests.post(
+        server.url + "/remote/decode",
+        params={**base, "partial_postprocess": False, "output_type": "pt", "output_tensor_type": "binary"},
+        headers={"Content-Type": "tensor/binary", "Accept": "tensor/binary"},
+        data=latents.contiguous().numpy().tobytes(),
+        timeout=30,
+    )
+    assert raw.ok, raw.text
+    got = torch.frombuffer(
+        bytearray(raw.content),
+        dtype=torch.float32,
+    ).reshape(json.loads(raw.headers["shape"]))
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    png = requests.post(
+        server.url + "/remote/decode",
+        params={**base, "image_format": "png", "output_type": "pil"},
+        headers={"Content-Type": "tensor/binary", "Accept": "image/png"},
+        data=latents.contiguous().numpy().tobytes(),
+        timeout=30,
+    )
+    assert png.ok, png.text
+    assert (
+        max_diff(
+            np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")),
+            as_uint8(expected)[0],
+        )
+        <= 1
+    )

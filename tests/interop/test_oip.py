@@ -1,0 +1,165 @@
+"""The Open Inference Protocol (KServe v2) with the real `tritonclient.http` client against a real server:
+health, metadata, and encode / decode as named tensors, in JSON and with the binary-data extension."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from model import VQModel
+
+from .conftest import Server, random_rgb
+
+
+def ref_indices(model: VQModel, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0  # (B, C, H, W)
+    with torch.inference_mode():
+        return model.quantize(model.encode(x))[1].numpy()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(url=server.url.removeprefix("http://"), network_timeout=60.0)
+    yield c
+    c.close()
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient, reference_model: VQModel) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("default")
+    assert not client.is_model_ready("missing")
+    assert client.get_server_metadata()["name"] == "vqserve"
+    meta = client.get_model_metadata("default")
+    assert {t["name"]: t["datatype"] for t in meta["inputs"]} == {
+        "IMAGE": "UINT8",
+        "INDICES": "INT32",
+        "LATENTS": "FP32",
+    }
+    assert {t["name"]: t["datatype"] for t in meta["outputs"]} == {
+        "INDICES": "INT32",
+        "LATENTS": "FP32",
+        "IMAGE": "UINT8",
+    }
+    assert meta["parameters"]["codebook_size"] == reference_model.codebook_size
+    assert client.get_model_metadata("default", model_version="1")["name"] == "default"
+    with pytest.raises(InferenceServerException, match="model_not_found|no model"):
+        client.get_model_metadata("missing")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_encode_image_to_indices_and_latents(
+    client: triton.InferenceServerClient, reference_model: VQModel, binary: bool
+) -> None:
+    images = np.stack([random_rgb(24, 32, seed=s) for s in range(2)])  # (B, H, W, C) uint8
+    image = triton.InferInput("IMAGE", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images, binary_data=binary)
+    outputs = [
+        triton.InferRequestedOutput("INDICES", binary_data=binary),
+        triton.InferRequestedOutput("LATENTS", binary_data=binary),
+    ]
+    result = client.infer("default", [image], outputs=outputs, request_id="r-1")
+    indices = result.as_numpy("INDICES")
+    assert indices.dtype == np.int32
+    assert indices.shape == (2, 12, 16)
+    np.testing.assert_array_equal(indices, ref_indices(reference_model, images))
+    latents = result.as_numpy("LATENTS")
+    assert latents.shape == (2, reference_model.config.embed_dim, 12, 16)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.inference_mode():
+        np.testing.assert_allclose(latents, reference_model.encode(x).numpy(), atol=1e-4, rtol=1e-4)
+    assert result.get_response()["id"] == "r-1"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_decode_indices_to_image(
+    client: triton.InferenceServerClient,
+    reference_model: VQModel,
+    binary: bool,
+) -> None:
+    indices = np.random.default_rng(1).integers(0, 64, (2, 8, 10)).astype(np.int32)
+    tensor = triton.InferInput("INDICES", list(indices.shape), "INT32")
+    tensor.set_data_from_numpy(indices, binary_data=binary)
+    result = client.infer(
+        "default",
+        [tensor],
+        outputs=[triton.InferRequestedOutput("IMAGE", binary_data=binary)],
+    )
+    image = result.as_numpy("IMAGE")
+    assert image.dtype == np.uint8
+    assert image.shape == (2, 16, 20, 3)
+    with torch.inference_mode():
+        expected = to_uint8(reference_model.decode_indices(torch.from_numpy(indices).long()))
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_decode_latents_with_parameters(
+    client: triton.InferenceServerClient,
+    reference_model: VQModel,
+) -> None:
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    tensor = triton.InferInput("LATENTS", list(latents.shape), "FP32")
+    tensor.set_data_from_numpy(latents)
+    result = client.infer("default", [tensor], parameters={"scaling_factor": 0.5, "force_not_quantize": True})
+    with torch.inference_mode():
+        expected = to_uint8(reference_model.decode(torch.from_numpy(latents) / 0.5, force_not_quantize=True))
+    assert np.abs(result.as_numpy("IMAGE").astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_bad_requests_answer_4xx(client: triton.InferenceServerClient, server: Server) -> None:
+    out_of_range = triton.InferInput("INDICES", [1, 4, 4], "INT32")
+    out_of_range.set_data_from_numpy(np.full((1, 4, 4), 999, dtype=np.int32))
+    with pytest.raises(InferenceServerException, match=r"\[0, 64\)") as excinfo:
+        client.infer("default", [out_of_range])
+    assert excinfo.value.status() == "400"
+    wrong_type = triton.InferInput("IMAGE", [1, 8, 8, 3], "FP32")
+    wrong_type.set_data_from_numpy(np.zeros((1, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="UINT8"):
+        client.infer("default", [wrong_type])
+    wrong_output = triton.InferInput("INDICES", [1, 2, 2], "INT32")
+    wrong_output.set_data_from_numpy(np.zeros((1, 2, 2), dtype=np.int32))
+    with pytest.raises(InferenceServerException, match="not produced"):
+        client.infer("default", [wrong_output], outputs=[triton.InferRequestedOutput("INDICES")])
+    raw = httpx.post(server.url + "/v2/models/default/infer", content=b"{not json")
+    assert raw.status_code == 400
+    assert isinstance(raw.json()["error"], str)
+    sizes = {"binary_data_size": 16}
+    spec = {"name": "INDICES", "shape": [1, 2, 2], "datatype": "INT32", "parameters": sizes}
+    head = json.dumps({"inputs": [spec]}).encode()
+    truncated = httpx.post(  # 8 of the 16 announced bytes
+        server.url + "/v2/models/default/infer",
+        content=head + b"\x00" * 8,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert truncated.status_code == 400
+    assert "binary_data_size 16" in truncated.json()["error"]
+
+
+def test_api_key_guards_inference_not_health(guarded_server: Server) -> None:
+    url = guarded_server.url.removeprefix("http://")
+    anonymous = triton.InferenceServerClient(url=url)
+    keyed = triton.InferenceServerClient(url=url)
+    try:
+        assert anonymous.is_server_live()
+        assert anonymous.is_server_ready()
+        codes = triton.InferInput("INDICES", [1, 2, 2], "INT32")
+        codes.set_data_from_numpy(np.zeros((1, 2, 2), dtype=np.int32))
+        with pytest.raises(InferenceServerException) as excinfo:
+            anonymous.infer("default", [codes])
+        assert excinfo.value.status() == "401"
+        result = keyed.infer("default", [codes], headers={"Authorization": "Bearer k-test"})
+        assert result.as_numpy("IMAGE").shape == (1, 4, 4, 3)
+    finally:
+        anonymous.close()
+        keyed.close()

@@ -1,0 +1,374 @@
+"""The hostile-input catalogue: every endpoint and body form gets broken, hostile and odd input, and answers a 4xx
+JSON error naming the problem (or, for odd but valid images, a 200), never a 5xx; the server stays healthy.
+
+Table-driven through the app's real lifespan (TestClient); the socket-level cases (a Content-Length far over the
+limit refused before the body is sent, a chunked body cut off at the limit, a slow-loris body) run against a real
+uvicorn on 127.0.0.1 in `test_body_limits.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.conftest import make_checkpoint
+
+from . import inputs
+from .conftest import parse_metric
+
+pytestmark = pytest.mark.timeout(120)
+
+LIMITS = {"max_body_bytes": 1_000_000, "max_pixels": 300_000, "max_images_per_request": 8}
+CODEBOOK = 64  # the tiny checkpoint's num_vq_embeddings
+D = 4  # its vq_embed_dim
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    body: bytes
+    content_type: str | None
+    status: int  # the status expected
+    code: str | None = None  # the error code expected (None for a 2xx)
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _f32(values: Any) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+# image payloads: (name, bytes, status, code); each is sent in every image body form
+BAD_IMAGES: list[tuple[str, bytes, int, str]] = [
+    ("empty", b"", 400, "bad_request"),
+    ("truncated-png", inputs.truncated_png(), 400, "invalid_image"),
+    ("corrupt-png", inputs.corrupt_png(), 400, "invalid_image"),
+    ("garbage", bytes(range(256)) * 4, 400, "invalid_image"),
+    ("text-as-image", b"hello, I am not an image", 400, "invalid_image"),
+    ("header-bomb-100000x100000", inputs.png_with_header(100_000, 100_000), 413, "image_too_large"),
+    ("zlib-bomb-6000x6000", inputs.zlib_bomb_png(6000), 413, "image_too_large"),
+    ("over-max-pixels-600x600", inputs.save(Image.new("RGB", (600, 600))), 413, "image_too_large"),
+    ("zero-width-header", inputs.png_with_header(0, 10), 400, "invalid_image"),
+    ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 400, "invalid_image"),
+]
+ODD_IMAGES: list[tuple[str, bytes]] = [
+    ("1x1", inputs.png(1, 1)),
+    ("1x100000", inputs.png(1, 100_000)),
+    ("100000x1", inputs.png(100_000, 1)),
+    *[(f"mode-{m}", inputs.mode_image(m)) for m in ("1", "L", "LA", "P", "P-transparent", "RGBA", "CMYK")],
+    *[(f"mode-{m}", inputs.mode_image(m)) for m in ("YCbCr", "LAB", "I;16", "I", "F")],
+    *[(f"animated-{f}", inputs.animated(f)) for f in ("GIF", "PNG", "WEBP")],
+]
+
+
+def image_forms(name: str, data: bytes) -> Iterator[tuple[str, bytes, str]]:
+    """The same image file as a raw body, a multipart file and JSON base64 (one and several)."""
+    yield f"{name}/raw", data, "image/png"
+    yield f"{name}/octet", data, "application/octet-stream"
+    body, ctype = inputs.multipart([data])
+    yield f"{name}/multipart", body, ctype
+    yield f"{name}/json", _json({"image": _b64(data)}), "application/json"
+    yield f"{name}/json-batch", _json({"images": [_b64(inputs.png()), _b64(data)]}), "application/json"
+
+
+def image_cases() -> list[Case]:
+    cases = []
+    for name, data, status, code in BAD_IMAGES:
+        for form, body, ctype in image_forms(name, data):
+            # an empty file inside multipart or JSON is the same refusal as an empty raw body
+            cases.append(Case(f"encode/{form}", "/encode", body, ctype, status, code))
+        cases.append(Case(f"reconstruct/{name}", "/reconstruct", data, "image/png", status, code))
+    for name, data in ODD_IMAGES:
+        for form, body, ctype in image_forms(name, data):
+            cases.append(Case(f"encode/{form}", "/encode", body, ctype, 200))
+        cases.append(Case(f"reconstruct/{name}", "/reconstruct", data, "image/png", 200))
+    return cases
+
+
+def encode_form_cases() -> list[Case]:
+    ok = inputs.png()
+    many, many_type = inputs.multipart([ok] * 9)
+    text_field = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nnot a file\r\n--b--\r\n'
+    wrong_field, wrong_type = inputs.multipart([ok], field="picture")
+    nested = b"[" * 100_000 + b"]" * 100_000
+    json_bad: list[tuple[str, bytes, int, str]] = [
+        ("invalid-json", b'{"image": ', 400, "invalid_json"),
+        ("deeply-nested", nested, 400, "invalid_json"),
+        ("deeply-nested-object", b'{"image":' * 5000 + b"1" + b"}" * 5000, 400, "invalid_json"),
+        ("top-level-list", b"[]", 422, "invalid_input"),
+        ("top-level-string", b'"abc"', 422, "invalid_input"),
+        ("image-number", _json({"image": 5}), 422, "invalid_input"),
+        ("images-string", _json({"images": "abc"}), 422, "invalid_input"),
+        ("images-empty", _json({"images": []}), 422, "invalid_input"),
+        ("images-of-lists", _json({"images": [[1, 2]]}), 422, "invalid_input"),
+        ("both-keys", _json({"image": _b64(ok), "images": [_b64(ok)]}), 422, "invalid_input"),
+        ("unknown-key", _json({"picture": _b64(ok)}), 422, "invalid_input"),
+        ("null", b"null", 422, "invalid_input"),
+        ("invalid-base64", _json({"image": "!!!not base64!!!"}), 400, "invalid_base64"),
+        ("base64-bad-padding", _json({"image": "abc"}), 400, "invalid_base64"),
+        ("base64-in-batch", _json({"images": [_b64(ok), "@@@"]}), 400, "invalid_base64"),
+        ("too-many-images", _json({"images": [_b64(ok)] * 9}), 413, "too_many_images"),
+        ("utf8-garbage", b"\xff\xfe\x00{", 400, "invalid_json"),
+    ]
+    cases = [Case(f"encode/json/{n}", "/encode", b, "application/json", s, c) for n, b, s, c in json_bad]
+    cases += [
+        Case("encode/multipart/too-many", "/encode", many, many_type, 413, "too_many_images"),
+        Case(
+            "encode/multipart/text-field", "/encode", text_field, "multipart/form-data; boundary=b", 400, "bad_request"
+        ),
+        Case("encode/multipart/wrong-field", "/encode", wrong_field, wrong_type, 400, "bad_request"),
+        Case("encode/multipart/no-boundary", "/encode", b"--x\r\n\r\n", "multipart/form-data", 400, "bad_request"),
+        Case(
+            "encode/multipart/garbage", "/encode", b"\x00" * 100, "multipart/form-data; boundary=z", 400, "bad_request"
+        ),
+        Case("encode/reconstruct-two", "/reconstruct", *inputs.multipart([ok, ok]), 422, "invalid_input"),
+    ]
+    for path in ("/encode", "/reconstruct"):
+        for ctype in ("text/plain", "application/xml", "application/x-www-form-urlencoded", None):
+            cases.append(Case(f"{path}/content-type-{ctype}", path, ok, ctype, 415, "unsupported_media_type"))
+        cases.append(Case(f"{path}/unknown-model", path, ok, "image/png", 404, "model_not_found", {"model": "nope"}))
+        cases.append(
+            Case(
+                f"{path}/model-path-traversal",
+                path,
+                ok,
+                "image/png",
+                404,
+                "model_not_found",
+                {"model": "../../etc/passwd"},
+            )
+        )
+    cases += [
+        Case(
+            "encode/return-latents-not-bool",
+            "/encode",
+            ok,
+            "image/png",
+            422,
+            "invalid_input",
+            {"return_latents": "maybe"},
+        ),
+        Case("reconstruct/format-bmp", "/reconstruct", ok, "image/png", 422, "invalid_input", {"format": "bmp"}),
+        Case("encode/accept-unknown", "/encode", ok, "image/png", 200, None, headers={"accept": "text/html"}),
+    ]
+    return cases
+
+
+def decode_cases() -> list[Case]:
+    def dj(name: str, value: Any, status: int, code: str, **params: Any) -> Case:
+        body = value if isinstance(value, bytes) else _json(value)
+        return Case(f"decode/json/{name}", "/decode", body, "application/json", status, code, params)
+
+    def db(
+        name: str, body: bytes, params: dict[str, Any], status: int, code: str, ctype: str = "tensor/binary"
+    ) -> Case:
+        return Case(f"decode/binary/{name}", "/decode", body, ctype, status, code, params)
+
+    latents = _f32(np.zeros((1, D, 2, 2)))
+    nan = _f32(np.full((1, D, 2, 2), np.nan))
+    inf = _f32(np.full((1, D, 2, 2), np.inf))
+    good_latents = {"latents": _b64(latents), "shape": [1, D, 2, 2]}
+    return [
+        dj("invalid-json", b'{"indices": [[1,', 400, "invalid_json"),
+        dj("deeply-nested", b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+        dj("deeply-nested-indices", b'{"indices":' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "invalid_json"),
+        dj("empty-object", {}, 422, "invalid_input"),
+        dj("top-level-list", [[1, 2]], 422, "invalid_input"),
+        dj("out-of-range", {"indices": [[0, CODEBOOK]]}, 422, "invalid_input"),
+        dj("huge-index", {"indices": [[0, 2**62]]}, 422, "invalid_input"),
+        dj("over-int64", b'{"indices": [[0, 1180591620717411303424]]}', 422, "invalid_input"),
+        dj("negative", {"indices": [[0, -1]]}, 422, "invalid_input"),
+        dj("float", {"indices": [[0, 1.5]]}, 422, "invalid_input"),
+        dj("nan-index", b'{"indices": [[0, NaN]]}', 400, "invalid_json"),
+        dj("string-index", {"indices": [["a", 1]]}, 422, "invalid_input"),
+        dj("null-index", {"indices": [[None, 1]]}, 422, "invalid_input"),
+        dj("ragged", {"indices": [[1, 2], [3]]}, 422, "invalid_input"),
+        dj("ragged-batch", {"indices": [[[1, 2]], [[1, 2], [3, 4]]]}, 422, "invalid_input"),
+        dj("empty-indices", {"indices": []}, 422, "invalid_input"),
+        dj("empty-rows", {"indices": [[]]}, 422, "invalid_input"),
+        dj("flat-indices", {"indices": [1, 2, 3]}, 422, "invalid_input"),
+        dj("4d-indices", {"indices": [[[[1]]]]}, 422, "invalid_input"),
+        dj("indices-and-latents", {"indices": [[1]], **good_latents}, 422, "invalid_input"),
+        dj("too-many-images", {"indices": [[[1]]] * 9}, 413, "too_many_images"),
+        dj("output-over-max-pixels", {"indices": np.zeros((300, 300), int).tolist()}, 413, "image_too_large"),
+        dj("crop-zero", {"indices": [[1, 2]], "image_size": [0, 0]}, 422, "invalid_input"),
+        dj("crop-negative", {"indices": [[1, 2]], "image_size": [-1, 2]}, 422, "invalid_input"),
+        dj("crop-too-big", {"indices": [[1, 2]], "image_size": [100, 100]}, 422, "invalid_input"),
+        dj("crop-three", {"indices": [[1, 2]], "image_size": [1, 2, 3]}, 422, "invalid_input"),
+        dj("latents-nan", {"latents": _b64(nan), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
+        dj("latents-inf", {"latents": _b64(inf), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
+        dj("latents-size-mismatch", {"latents": _b64(latents[:-4]), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
+        dj("latents-wrong-channels", {"latents": _b64(latents), "shape": [1, 2 * D, 1, 2]}, 422, "invalid_input"),
+        dj("latents-unknown-dtype", {**good_latents, "dtype": "float64"}, 422, "invalid_input"),
+        dj("latents-int-dtype", {**good_latents, "dtype": "int32"}, 422, "invalid_input"),
+        dj("latents-no-shape", {"latents": _b64(latents)}, 422, "invalid_input"),
+        dj("latents-shape-3d", {"latents": _b64(latents), "shape": [D, 2, 2]}, 422, "invalid_input"),
+        dj("latents-shape-negative", {"latents": _b64(latents), "shape": [-1, D, 2, 2]}, 422, "invalid_input"),
+        dj("latents-shape-zero", {"latents": "", "shape": [0, D, 2, 2]}, 422, "invalid_input"),
+        dj(
+            "latents-shape-huge",
+            {"latents": _b64(latents), "shape": [2**31, 2**31, 2**31, 2**31]},
+            422,
+            "invalid_input",
+        ),
+        dj("latents-bad-base64", {"latents": "***", "shape": [1, D, 2, 2]}, 400, "invalid_base64"),
+        dj("scaling-zero", good_latents, 422, "invalid_input", scaling_factor=0),
+        dj("scaling-nan", good_latents, 422, "invalid_input", scaling_factor="nan"),
+        dj("scaling-inf", good_latents, 422, "invalid_input", scaling_factor="inf"),
+        dj("scaling-not-a-number", good_latents, 422, "invalid_input", scaling_factor="abc"),
+        dj("unknown-model", {"indices": [[1]]}, 404, "model_not_found", model="nope"),
+        dj("format-bmp", {"indices": [[1]]}, 422, "invalid_input", format="bmp"),
+        db("no-shape", _f32(np.zeros((1, D, 2, 2))), {"dtype": "float32"}, 422, "invalid_input"),
+        db("no-dtype", latents, {"shape": [1, D, 2, 2]}, 422, "invalid_input"),
+        db("unknown-dtype", latents, {"shape": [1, D, 2, 2], "dtype": "complex64"}, 422, "invalid_input"),
+        db("uint8-dtype", b"\x00" * 16, {"shape": [1, D, 2, 2], "dtype": "uint8"}, 422, "invalid_input"),
+        db("size-mismatch", latents + b"\x00", {"shape": [1, D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
+        db("empty-body", b"", {"shape": [1, D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
+        db("shape-negative", latents, {"shape": [1, D, -2, -2], "dtype": "float32"}, 422, "invalid_input"),
+        db("shape-not-int", latents, {"shape": ["a"], "dtype": "float32"}, 422, "invalid_input"),
+        db("shape-huge", latents, {"shape": [2**40, 2**40], "dtype": "int64"}, 422, "invalid_input"),
+        db("latents-nan", nan, {"shape": [1, D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
+        db(
+            "latents-inf-f16",
+            np.full(16, np.inf, "<f2").tobytes(),
+            {"shape": [1, D, 2, 2], "dtype": "float16"},
+            422,
+            "invalid_input",
+        ),
+        db("latents-wrong-rank", latents, {"shape": [D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
+        db(
+            "indices-out-of-range",
+            np.full(4, CODEBOOK, "<i4").tobytes(),
+            {"shape": [2, 2], "dtype": "int32"},
+            422,
+            "invalid_input",
+        ),
+        db(
+            "indices-negative",
+            np.full(4, -5, "<i8").tobytes(),
+            {"shape": [2, 2], "dtype": "int64"},
+            422,
+            "invalid_input",
+        ),
+        db(
+            "indices-rank-4",
+            np.zeros(4, "<i2").tobytes(),
+            {"shape": [1, 1, 2, 2], "dtype": "int16"},
+            422,
+            "invalid_input",
+        ),
+        db("octet-stream", latents, {"shape": [1, D, 2, 2], "dtype": "float32"}, 200, None, "application/octet-stream"),
+        Case("decode/content-type-image", "/decode", inputs.png(), "image/png", 415, "unsupported_media_type"),
+        Case("decode/content-type-none", "/decode", b"{}", None, 415, "unsupported_media_type"),
+        Case(
+            "decode/accept-html",
+            "/decode",
+            _json({"indices": [[1]]}),
+            "application/json",
+            406,
+            "not_acceptable",
+            headers={"accept": "text/html"},
+        ),
+        Case(
+            "decode/two-as-png",
+            "/decode",
+            _json({"indices": [[[1]], [[2]]]}),
+            "application/json",
+            406,
+            "not_acceptable",
+            headers={"accept": "image/png"},
+        ),
+    ]
+
+
+CASES = image_cases() + encode_form_cases() + decode_cases()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(model_path=tiny_checkpoint, warmup=False, torch_threads=1, **LIMITS))
+    with TestClient(app) as test_client:
+        BASELINE["5xx"] = _five_xx(test_client)  # metrics are process-wide: count from here
+        yield test_client
+
+
+BASELINE: dict[str, float] = {}
+
+
+def _five_xx(client: TestClient) -> float:
+    text = client.get("/metrics").text
+    return sum(parse_metric(text, "vqserve_requests_total", status=str(s)) for s in range(500, 600))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_gets_a_named_4xx(client: TestClient, case: Case) -> None:
+    headers = dict(case.headers)
+    if case.content_type is not None:
+        headers["content-type"] = case.content_type
+    reply = client.post(case.path, content=case.body, headers=headers, params=case.params)
+    assert reply.status_code == case.status, reply.text[:500]
+    if case.code is None:
+        return
+    assert reply.headers["content-type"].startswith("application/json")
+    error = reply.json()["error"]
+    assert error["code"] == case.code, error
+    assert len(error["message"]) > 10  # a sentence that names the problem, not a bare code
+
+
+def test_server_healthy_after_the_catalogue(client: TestClient) -> None:
+    """Runs after the table (file order): nothing answered 5xx, and the service still serves."""
+    assert _five_xx(client) == BASELINE["5xx"]
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    reply = client.post("/encode", content=inputs.png(16, 16), headers={"content-type": "image/png"})
+    assert reply.status_code == 200
+    assert reply.json()["shape"] == [8, 8]
+
+
+def test_catalogue_size() -> None:
+    """The figure RELIABILITY.md quotes; a shrinking catalogue should be a conscious change."""
+    assert len(CASES) >= 200
+    assert len({c.name for c in CASES}) == len(CASES)  # names are unique
+
+
+def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: Path) -> None:
+    """With one channel per GroupNorm group a 1x1 latent fails inside the model (a 500 before the fix): such
+    inputs (a 1x1 image, a 1x1 index map or latent map) are refused as 422 before they reach the engine."""
+    checkpoint = make_checkpoint(tmp_path / "one-per-group")  # block_out_channels (32, 32), 32 groups
+    with TestClient(create_app(Settings(model_path=checkpoint, warmup=False, torch_threads=1))) as client:
+        for path, body, ctype in (
+            ("/encode", inputs.png(1, 1), "image/png"),
+            ("/reconstruct", inputs.png(2, 1), "image/png"),
+            ("/decode", _json({"indices": [[3]]}), "application/json"),
+            (
+                "/decode",
+                _json({"latents": _b64(_f32(np.zeros((1, D, 1, 1)))), "shape": [1, D, 1, 1]}),
+                "application/json",
+            ),
+        ):
+            reply = client.post(path, content=body, headers={"content-type": ctype})
+            assert reply.status_code == 422, reply.text
+            assert "latent cells" in reply.json()["error"]["message"]
+        assert (
+            client.post("/encode", content=inputs.png(1, 3), headers={"content-type": "image/png"}).status_code == 200
+        )

@@ -1,0 +1,344 @@
+"""The page end to end: a real `python -m service` on 127.0.0.1 and Debian's Chromium driven by Playwright.
+
+Served: a tiny random-weight RGB model as `default` (fast, and every code decodes to something different) and
+the shipped digits checkpoint as `digits`. The tests act as a user would (pick a file, click the code map,
+type a code, paint) and read the outcome from the page: its canvases' pixels, its read-outs and a screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service.conftest import image_bytes, make_checkpoint
+from tests.service.test_server import free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("VQSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 60_000
+
+# pixels of a canvas as a flat RGBA list, read inside the page
+CANVAS_PIXELS = """(id) => {
+  const canvas = document.getElementById(id);
+  return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+# waits: the model list arrived; the n-th decode of the code grid is drawn and nothing is pending
+MODELS_LISTED = (
+    "() => document.querySelectorAll('#model option').length === 2 && document.body.dataset.state === 'ready'"
+)
+DECODED = """(n) =>
+  document.getElementById("edited").dataset.decodes === n && document.body.dataset.state === "ready"
+"""
+# a file dropped on the drop zone (built from a bundled sample, since a test cannot drag from the desktop)
+DROP_FILE = """async (sample) => {
+  const blob = await (await fetch(`/static/${sample}`)).blob();
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+  const drop = new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true });
+  document.getElementById("dropzone").dispatchEvent(drop);
+}"""
+# an image's natural size or a canvas's size, [width, height]
+SIZE = """(id) => {
+  const el = document.getElementById(id);
+  return el instanceof HTMLImageElement ? [el.naturalWidth, el.naturalHeight] : [el.width, el.height];
+}"""
+# an <img> drawn into a scratch canvas, to compare it with a canvas pixel for pixel
+IMAGE_PIXELS = """(id) => {
+  const img = document.getElementById(id);
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  return Array.from(ctx.getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
+
+@contextmanager
+def serve(tmp: Path, *flags: str) -> Iterator[str]:
+    """`python -m service` serving default (tiny, random) and digits (shipped); yields its base URL."""
+    tiny = tmp / "tiny"
+    if not tiny.exists():
+        make_checkpoint(tiny, seed=3)
+    digits = ROOT / "model" / "weights" / "digits"
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--models", f"default={tiny},digits={digits}", "--torch-threads", "1", "--no-warmup", *flags]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("web-server")
+
+
+@pytest.fixture(scope="module")
+def server(server_dir: Path) -> Iterator[str]:
+    with serve(server_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` to run the page tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A fresh page on the service; fails the test on any script error or console error."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    page.problems = []  # (kind, text); a test that provokes an error clears what it expects
+    page.on("pageerror", lambda error: page.problems.append(("pageerror", str(error))))
+    page.on("console", lambda msg: msg.type == "error" and page.problems.append(("console", msg.text)))
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server + "/")
+    page.wait_for_function(MODELS_LISTED)
+    yield page
+    problems = page.problems
+    context.close()
+    assert not problems, problems
+
+
+def gradient_png(height: int, width: int) -> bytes:
+    """A smooth image with structure (not noise), so that the page has something to show."""
+    y, x = np.mgrid[0:height, 0:width]
+    red, green = x * 255 // max(1, width - 1), y * 255 // max(1, height - 1)
+    blue = (x + y) * 127 // (width + height)
+    rgb = np.stack([red, green, blue])
+    return image_bytes(Image.fromarray(rgb.transpose(1, 2, 0).astype(np.uint8), "RGB"))
+
+
+def wait_decodes(page: Any, count: int) -> None:
+    page.wait_for_function(DECODED, arg=str(count))
+
+
+def map_box(page: Any) -> dict[str, float]:
+    """The code map's box in the viewport (scrolled into view: mouse events need it on screen)."""
+    page.locator("#codemap").scroll_into_view_if_needed()
+    box: dict[str, float] = page.locator("#codemap").bounding_box()
+    return box
+
+
+def click_cell(page: Any, row: int, col: int) -> None:
+    box = map_box(page)
+    h, w = page.evaluate("() => [state.result.shape[0], state.result.shape[1]]")
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / w, box["y"] + (row + 0.5) * box["height"] / h)
+
+
+def test_upload_reconstruct_and_edit_a_code(page: Any, tmp_path: Path) -> None:
+    height, width = 38, 50  # not multiples of the downsample factor: the service pads, the page crops
+    upload = {"name": "gradient.png", "mimeType": "image/png", "buffer": gradient_png(height, width)}
+    page.set_input_files("#file", files=[upload])
+    wait_decodes(page, 1)
+
+    # the reconstruction at the original size, and the numbers about it
+    assert page.evaluate(SIZE, "reconstruction") == [width, height]
+    assert page.locator("#stat-psnr").inner_text().endswith(" dB")
+    assert float(page.locator("#stat-psnr").inner_text().split()[0]) > 0
+    h, w = (height + 1) // 2, (width + 1) // 2  # the tiny model downsamples by 2
+    assert page.locator("#stat-grid").inner_text().startswith(f"{h} × {w} codes for {height} × {width} px")
+    bpp = np.log2(64) * h * w / (height * width)
+    assert page.locator("#stat-bpp").inner_text().startswith(f"{bpp:.3f}")
+    assert "encode" in page.locator("#stat-time").inner_text()
+    assert "decode" in page.locator("#stat-time").inner_text()
+
+    # the code map: one cell per code, and the edited view starts as /decode of the untouched grid
+    codemap = page.evaluate(SIZE, "codemap")
+    assert codemap[0] * h == codemap[1] * w
+    assert codemap[0] >= w
+    edited_before = np.array(page.evaluate(CANVAS_PIXELS, "edited"), dtype=np.int16)
+    reconstruction = np.array(page.evaluate(IMAGE_PIXELS, "reconstruction"), dtype=np.int16)
+    assert edited_before.shape == (height * width * 4,)
+    assert np.abs(edited_before - reconstruction).max() <= 2, "decode(encode(x)) differs from reconstruct(x)"
+    map_pixels = np.array(page.evaluate(CANVAS_PIXELS, "codemap")).reshape(-1, 4)
+    assert len(np.unique(map_pixels[:, :3], axis=0)) > 1, "the code map is one flat colour"
+    histogram = np.array(page.evaluate(CANVAS_PIXELS, "histogram")).reshape(-1, 4)
+    assert (histogram[:, 3] > 0).sum() > 100, "the usage histogram drew no bars"
+
+    # hover read-out
+    box = map_box(page)
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    indices = page.evaluate("() => state.result.indices")
+    assert page.locator("#hover").inner_text().startswith("row 0, col 0")
+    assert f"code {indices[0][0]}," in page.locator("#hover").inner_text()
+
+    # select a cell, give it another code, and the decoded image changes
+    row, col = h // 2, w // 2
+    click_cell(page, row, col)
+    assert page.locator("#code").input_value() == str(indices[row][col])
+    new_code = (indices[row][col] + 17) % 64
+    page.fill("#code", str(new_code))
+    page.click("#apply")
+    wait_decodes(page, 2)
+    assert page.evaluate("() => state.edited")[row][col] == new_code
+    assert "1 cell edited" in page.locator("#edit-info").inner_text()
+    edited_after = np.array(page.evaluate(CANVAS_PIXELS, "edited"), dtype=np.int16)
+    changed = np.abs(edited_after - edited_before).reshape(height, width, 4)[..., :3].max(axis=-1) > 0
+    assert changed.any(), "the decoded image did not change after the edit"
+    ys, xs = np.nonzero(changed)  # the change is local: around the edited cell, not everywhere
+    assert abs(ys.mean() - (row * 2 + 1)) < height / 4
+    assert abs(xs.mean() - (col * 2 + 1)) < width / 4
+
+    # paint a region with one code
+    page.check("input[name=tool][value=paint]")
+    page.select_option("#brush", "3")
+    page.fill("#code", "5")
+    box = map_box(page)
+    page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.2, steps=8)
+    page.mouse.up()
+    wait_decodes(page, 3)
+    painted = sum(code == 5 for line in page.evaluate("() => state.edited") for code in line)
+    assert painted >= 3 * (w // 2), f"painting set only {painted} cells"
+    assert not np.array_equal(np.array(page.evaluate(CANVAS_PIXELS, "edited"), dtype=np.int16), edited_after)
+
+    # undo: back to the reconstruction
+    page.click("#reset")
+    wait_decodes(page, 4)
+    assert page.evaluate("() => state.edited") == indices
+    assert np.array_equal(np.array(page.evaluate(CANVAS_PIXELS, "edited"), dtype=np.int16), edited_before)
+
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
+
+
+def test_digit_sample_switches_to_the_grayscale_model_in_a_narrow_window(page: Any, tmp_path: Path) -> None:
+    page.set_viewport_size({"width": 380, "height": 900})
+    page.click("button[data-sample='samples/digit-7.png']")
+    wait_decodes(page, 1)
+    assert page.locator("#model").input_value() == "digits"
+    assert page.locator("#stat-grid").inner_text().startswith("7 × 7 codes for 28 × 28 px")
+    psnr = float(page.locator("#stat-psnr").inner_text().split()[0])
+    assert psnr > 15, "the shipped digits model does not reconstruct a digit"
+    # nothing sticks out sideways at phone width
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    # keyboard: focus the map, arrows select a cell, Enter goes to the code field
+    page.focus("#codemap")
+    page.keyboard.press("ArrowRight")  # the first arrow selects the top-left cell
+    assert page.locator("#edit-info").inner_text().startswith("selected row 0, col 0")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#edit-info").inner_text().startswith("selected row 1, col 1")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "code"
+
+    # drop a file on the drop zone, as a file manager would
+    page.evaluate(DROP_FILE, "samples/digit-2.png")
+    wait_decodes(page, 2)
+    assert page.locator("#status").inner_text() == "Done."
+    assert page.evaluate("() => state.image.name") == "dropped.png"
+
+    # the histogram: hover reads out a code, a click picks the most used code as the paint brush
+    counts = page.evaluate("() => Array.from(state.counts)")
+    top = int(np.argmax(counts))
+    page.locator("#histogram").scroll_into_view_if_needed()
+    bar = page.locator("#histogram").bounding_box()
+    x = bar["x"] + (top + 0.5) * bar["width"] / len(counts)
+    page.mouse.move(x, bar["y"] + bar["height"] - 2)
+    cells = f"{counts[top]} cell" + ("s" if counts[top] > 1 else "")
+    assert page.locator("#hist-info").inner_text() == f"code {top}: {cells}"
+    page.mouse.click(x, bar["y"] + bar["height"] - 2)
+    assert page.locator("#code").input_value() == str(top)
+    assert page.is_checked("input[name=tool][value=paint]")
+    shot = tmp_path / "narrow.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
+
+
+def test_a_file_that_is_not_an_image_shows_the_service_error(page: Any) -> None:
+    not_an_image = {"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}
+    page.set_input_files("#file", files=[not_an_image])
+    page.wait_for_function("() => document.body.dataset.state === 'error'")
+    message = page.locator("#error").inner_text()
+    assert "invalid_image" in message, message
+    assert "HTTP 400" in message, message
+    assert page.locator("#results").is_hidden()
+    # the browser logs the failed request itself; that one is expected
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p[1]]
+
+
+def test_api_key_is_asked_for_and_used(browser: Any, server_dir: Path) -> None:
+    with serve(server_dir, "--api-keys", "s3cret") as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url + "/")
+            page.wait_for_function("() => document.body.dataset.state === 'error'")
+            message = page.locator("#error").inner_text()
+            assert "unauthorized" in message, message
+            assert "API key" in message, message
+            page.click("summary")
+            page.fill("#api-key", "s3cret")
+            page.press("#api-key", "Enter")
+            page.wait_for_function(MODELS_LISTED)
+            assert page.locator("#error").is_hidden()
+            page.click("button[data-sample='samples/digit-5.png']")
+            wait_decodes(page, 1)
+            assert page.locator("#model").input_value() == "digits"
+        finally:
+            context.close()
+
+
+def assert_not_blank(path: Path) -> None:
+    with Image.open(path) as shot:
+        pixels = np.asarray(shot.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 10, "the screenshot is (nearly) one flat colour"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, "the screenshot has almost no colours"
