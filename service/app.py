@@ -31,7 +31,8 @@ from .settings import Settings
 logger = logging.getLogger("vqserve")
 access_logger = logging.getLogger("vqserve.access")
 
-INFERENCE_ENDPOINTS = ("/encode", "/decode", "/reconstruct")
+INFERENCE_ENDPOINTS = ("/encode", "/decode", "/reconstruct", "/remote/decode", "/remote/encode")
+_V2_MODEL_PATH = re.compile(r"^(/v2|/v2/models/[^/]+(/versions/[^/]+)?)(/(infer|ready))?$")
 FIXED_ENDPOINTS = ("/healthz", "/readyz", "/metrics", "/models", "/docs", "/openapi.json", *INFERENCE_ENDPOINTS)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -42,6 +43,11 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/models/"):
         return "/models/{name}"
+    if path.startswith("/v2/health/"):
+        return path if path in ("/v2/health/live", "/v2/health/ready") else "other"
+    match = _V2_MODEL_PATH.match(path)
+    if match:
+        return "/v2" if match[1] == "/v2" else "/v2/models/{name}" + (match[3] or "")
     return "other"
 
 
@@ -59,7 +65,7 @@ class RequestContextMiddleware:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         endpoint = endpoint_label(scope["path"])
-        inference_request = endpoint in INFERENCE_ENDPOINTS
+        inference_request = endpoint in INFERENCE_ENDPOINTS or endpoint == "/v2/models/{name}/infer"
         status = 500
         started = time.perf_counter()
 

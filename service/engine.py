@@ -187,6 +187,17 @@ class Engine:
             first = self._run_splitting(op, payloads[:half], params)
             return first + self._run_splitting(op, payloads[half:], params)
 
+    async def run_on_thread(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(model, *args)` on the engine thread under inference mode, for protocol adapters whose outputs
+        no batch op returns (e.g. raw float images for diffusers' remote decode)."""
+        model = self._loaded()
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return fn(model, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     def _run(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
         model = self._loaded()
         with torch.inference_mode():

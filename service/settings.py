@@ -82,9 +82,12 @@ class Settings(BaseSettings):
     shutdown_delay_s: float = Field(default=0.0, ge=0)  # readiness 503 this long before the listener closes
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # models whose /remote/decode skips quantization (diffusers pipelines pass force_not_quantize=True for them);
+    # unset: the MoVQ-style ones (norm_type "spatial", Kandinsky's decoder)
+    remote_force_not_quantize: Annotated[list[str] | None, NoDecode] = None
     log_level: LogLevel = "info"
 
-    @field_validator("models", "api_keys", "cors_origins", mode="before")
+    @field_validator("models", "api_keys", "cors_origins", "remote_force_not_quantize", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

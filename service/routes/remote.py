@@ -48,11 +48,10 @@ FloatQuery = Annotated[float | None, Query()]
 def force_not_quantize_default(services: Services, engine: Engine) -> bool:
     """Whether a model decodes remote latents without quantizing them.
 
-    The per-model setting `remote_force_not_quantize` (model names) decides when the service defines it;
-    otherwise MoVQ-style models (`norm_type: spatial`, Kandinsky's decoder, whose pipelines pass
+    The setting VQSERVE_REMOTE_FORCE_NOT_QUANTIZE (model names) decides when set; otherwise MoVQ-style models (`norm_type: spatial`, Kandinsky's decoder, whose pipelines pass
     `force_not_quantize=True`) skip quantization and all others quantize, as `VQModel.decode` does by default.
     """
-    configured = getattr(services.settings, "remote_force_not_quantize", None)
+    configured = services.settings.remote_force_not_quantize
     if configured is not None:
         return engine.name in configured
     return bool(engine.config.get("norm_type") == "spatial")
@@ -63,10 +62,8 @@ async def _on_engine_thread(services: Services, engine: Engine, fn: Any, *args: 
     admission slot so a full queue still answers 429, bounded by the request deadline."""
     ticket = services.batcher.admit(engine.name)
     try:
-        loop = asyncio.get_running_loop()
-        executor = engine._executor  # the engine's single compute thread
         timeout = services.settings.request_timeout_s
-        return await asyncio.wait_for(loop.run_in_executor(executor, fn, engine.model, *args), timeout)
+        return await asyncio.wait_for(engine.run_on_thread(fn, *args), timeout)
     except TimeoutError as exc:
         raise ServiceError(
             "deadline_exceeded",
