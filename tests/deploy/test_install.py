@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,17 +25,12 @@ from PIL import Image
 from tests.deploy.conftest import ROOT
 from tests.deploy.dockerignore import DockerIgnore
 from tests.deploy.promql import all_used_names
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 INSTALL_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tiny_checkpoint(path: Path) -> None:
@@ -113,7 +107,7 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
     _tiny_checkpoint(checkpoint)
     run_dir = tmp_path / "run"  # not the checkout: `python -m` puts the working directory on sys.path
     run_dir.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": f"{installed_venv / 'bin'}:{os.environ.get('PATH', '')}",
         "HOME": str(tmp_path),

@@ -4,22 +4,17 @@ process on 127.0.0.1, so every client (ours, diffusers', tritonclient) talks to 
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from model import VQModel
+from tests import servers
+from tests.servers import Server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -33,49 +28,10 @@ TINY = {
 }
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    checkpoint: Path
-    process: subprocess.Popen[bytes]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(checkpoint: Path, log: Path, *extra: str, timeout_s: float = 90.0) -> Server:
-    """`python -m service` on a free port; returns once /readyz answers 200 (or fails with the log)."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--model-path", str(checkpoint), "--device", "cpu", "--torch-threads", "1", *extra]
-    handle = log.open("wb")
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2.0).status_code == 200:
-                return Server(url, checkpoint, process)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server not ready within {timeout_s}s:\n{log.read_text()[-4000:]}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
+def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:
+    """`python -m service` on a free port serving `checkpoint`, one torch thread, ready when this returns."""
+    args = ["--model-path", str(checkpoint), "--device", "cpu", "--torch-threads", "1", *extra]
+    return servers.start_server(args, log, checkpoint=checkpoint, env={"OMP_NUM_THREADS": "1"})
 
 
 def make_checkpoint(path: Path, seed: int = 0, **overrides: object) -> Path:

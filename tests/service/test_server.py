@@ -15,12 +15,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import Server, free_port, serving
 
 from .conftest import png
 
@@ -30,67 +30,11 @@ PNG = {"content-type": "image/png"}
 SLOW_SIDE = 320  # a reconstruct of this size keeps the engine busy for a while on one thread
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples called `name` whose labels include `labels`."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
-
-    def wait_metric(self, name: str, at_least: float, timeout: float = 30, **labels: str) -> None:
-        end = time.monotonic() + timeout
-        while self.metric(name, **labels) < at_least:
-            if time.monotonic() > end:
-                raise AssertionError(f"{name}{labels} stayed below {at_least}; log:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.02)
-
-
 @contextmanager
 def serve(checkpoint: Path, tmp_path: Path, *flags: str) -> Iterator[Server]:
-    port = free_port()
-    log = tmp_path / f"server-{port}.log"
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--model-path", str(checkpoint), "--torch-threads", "1", "--no-warmup", *flags]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        end = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > end:
-                raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
-            time.sleep(0.1)
+    args = ["--model-path", str(checkpoint), "--torch-threads", "1", "--no-warmup", *flags]
+    with serving(args, tmp_path / f"server-{time.monotonic_ns()}.log", checkpoint=checkpoint) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def post(url: str, path: str, data: bytes, timeout: float = 90) -> httpx.Response:

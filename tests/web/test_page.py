@@ -8,22 +8,18 @@ type a code, paint) and read the outcome from the page: its canvases' pixels, it
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.servers import serving
 from tests.service.conftest import image_bytes, make_checkpoint
-from tests.service.test_server import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -85,34 +81,9 @@ def serve(tmp: Path, *flags: str) -> Iterator[str]:
     if not tiny.exists():
         make_checkpoint(tiny, seed=3)
     digits = ROOT / "model" / "weights" / "digits"
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--models", f"default={tiny},digits={digits}", "--torch-threads", "1", "--no-warmup", *flags]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > end:
-                raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    args = ["--models", f"default={tiny},digits={digits}", "--torch-threads", "1", "--no-warmup", *flags]
+    with serving(args, tmp / f"server-{time.monotonic_ns()}.log") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,103 @@
+"""Real `python -m service` processes on 127.0.0.1 for the tests whose behaviour crosses a socket.
+
+One place starts a server on a free port, waits for /readyz (failing with the server's log if it exits or never
+turns ready), reads its metrics, and stops it with SIGTERM as an orchestrator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    checkpoint: Path | None = None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 30, **labels: str) -> None:
+        end = time.monotonic() + timeout
+        while self.metric(name, **labels) < at_least:
+            if time.monotonic() > end:
+                raise AssertionError(f"{name}{labels} stayed below {at_least}; log:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+
+def start_server(
+    args: Sequence[str],
+    log: Path,
+    checkpoint: Path | None = None,
+    timeout_s: float = 90.0,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`python -m service --host 127.0.0.1 --port <free> *args`; returns once /readyz answers 200."""
+    port = free_port()
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log, checkpoint)
+    end = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > end:
+            stop_server(server)
+            raise AssertionError(f"server not ready in {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
+def stop_server(server: Server, timeout_s: float = 30.0) -> None:
+    """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@contextmanager
+def serving(args: Sequence[str], log: Path, **kwargs: object) -> Iterator[Server]:
+    server = start_server(args, log, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        stop_server(server)
