@@ -9,35 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from model import VQModel
 from tests import servers
 from tests.servers import Server, stop_server
+from tests.service.conftest import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "block_out_channels": (32, 32),
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "num_vq_embeddings": 64,
-    "norm_num_groups": 32,
-    "down_block_types": ("DownEncoderBlock2D",) * 2,
-    "up_block_types": ("UpDecoderBlock2D",) * 2,
-}
 
 
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:
     """`python -m service` on a free port serving `checkpoint`, one torch thread, ready when this returns."""
     args = ["--model-path", str(checkpoint), "--device", "cpu", "--torch-threads", "1", *extra]
     return servers.start_server(args, log, checkpoint=checkpoint, env={"OMP_NUM_THREADS": "1"})
-
-
-def make_checkpoint(path: Path, seed: int = 0, **overrides: object) -> Path:
-    torch.manual_seed(seed)
-    VQModel(**{**TINY, **overrides}).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")
