@@ -173,19 +173,20 @@ class Upsample(nn.Module):
                     cols = (rows[..., 0] + rows[..., 1], rows[..., 2])
                 phases.append(torch.stack(cols, dim=3))  # (C_out, C_in, 2, 2)
         out_ch, in_ch = w.shape[:2]
-        self.fused_weight = torch.stack(phases, dim=1).reshape(4 * out_ch, in_ch, 2, 2)  # channel = c*4 + phase
+        self.fused_weight = torch.stack(phases).reshape(4 * out_ch, in_ch, 2, 2)  # channel = phase * C_out + c
         assert self.conv.bias is not None
-        self.fused_bias = self.conv.bias.repeat_interleave(4)
+        self.fused_bias = self.conv.bias.repeat(4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_weight is None or torch.is_grad_enabled():
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, H, W) -> (B, C, 2H, 2W)
         b, _, h, w = x.shape
-        # (B, 4C, H+1, W+1): phase (a, b) of output pixel (i, j) sits at (i+a, j+b)
+        # (B, 4C, H+1, W+1): phase (a, c) of output pixel (i, j) sits at (i+a, j+c) in channel block 2a+c
         y = F.conv2d(x, self.fused_weight, self.fused_bias, padding=1)
-        y = y.view(b, -1, 4, h + 1, w + 1)
-        out = x.new_empty((b, y.shape[1], h, 2, w, 2))
+        y = y.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, 4, -1)  # a view when y is channels-last
+        # interleave the phases straight into channels-last memory: (B, H, 2, W, 2, C)
+        out = x.new_empty((b, h, 2, w, 2, y.shape[-1]))
         for a in (0, 1):
             for c in (0, 1):
-                out[:, :, :, a, :, c] = y[:, :, 2 * a + c, a : a + h, c : c + w]
-        return out.view(b, -1, 2 * h, 2 * w)  # (B, C, H, 2, W, 2) -> (B, C, 2H, 2W)
+                out[:, :, a, :, c] = y[:, a : a + h, c : c + w, 2 * a + c]
+        return out.view(b, 2 * h, 2 * w, -1).permute(0, 3, 1, 2)  # (B, C, 2H, 2W), channels-last
