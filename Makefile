@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint unit bench train clean
+.PHONY: setup serve test lint unit bench train train-digits clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/python -m model.train --preset default --out model/weights/default
+
+train-digits: $(STAMP)
+	$(BIN)/python -m model.train --preset digits --out model/weights/digits --threads 1
+	$(BIN)/python -m model.training.card digits-grid model/weights/digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--eval-crop", type=int, help="side of the held-out evaluation crops")
     parser.add_argument("--vq-warmup", type=int, help="steps without quantization before seeding the codebook")
+    parser.add_argument("--gray-weight", type=float, help="sampling weight of grayscale photos (1 = by area)")
+    parser.add_argument("--permute-channels", type=float, help="probability of shuffling a crop's RGB channels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -51,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from --state")
     args = parser.parse_args(argv)
     preset: Preset = PRESETS[args.preset]
-    for name in ("data", "steps", "batch_size", "crop", "lr", "eval_every", "eval_crop", "vq_warmup"):
+    for name in (
+        "data", "steps", "batch_size", "crop", "lr", "eval_every", "eval_crop", "vq_warmup", "gray_weight",
+        "permute_channels",
+    ):  # fmt: skip
         if getattr(args, name) is None:
             setattr(args, name, getattr(preset, name))
     if args.state is None:
@@ -114,12 +119,22 @@ class Run:
             }
             return
         images = data.shipped_photos(channels) if source == "photos" else data.folder_images(source, channels)
-        self.sampler = data.CropSampler(images, self.args.crop, self.generator)
+        self.sampler = data.CropSampler(
+            images,
+            self.args.crop,
+            self.generator,
+            gray_weight=self.args.gray_weight,
+            permute_channels=self.args.permute_channels,
+        )
         self.eval_names, self.eval_images = data.eval_photos(channels, self.args.eval_crop)
         self.data_description = {
             "source": "skimage.data photos + sklearn sample images" if source == "photos" else str(source),
             "train_images": sorted(im.name for im in self.sampler.images),
-            "augmentation": f"random {self.args.crop}px crops of 1x-3x regions (log-uniform), horizontal flips",
+            "augmentation": (
+                f"random {self.args.crop}px crops of 1x-3x regions (log-uniform), horizontal flips, RGB channels "
+                f"shuffled with probability {self.args.permute_channels}; grayscale photos sampled with weight "
+                f"{self.args.gray_weight}"
+            ),
             "eval_images": [f"sklearn {name}" for name in data.HELD_OUT],
             "eval_crops": f"{len(self.eval_images)} crops of {self.args.eval_crop}px at a 2x3 grid per photo",
         }

@@ -191,6 +191,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.router)
     app.include_router(oip.infer_router)
     app.include_router(web.router)  # the page at / (issue 9)
+    # outermost last: request context, then CORS (so that refusals carry its headers), then the body guard
+    app.add_middleware(
+        BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -199,9 +203,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-psnr", "shape", "dtype", "retry-after"],
         )
-    app.add_middleware(
-        BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
-    )
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -109,6 +109,11 @@ def digits(channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return big[:-DIGITS_EVAL], big[-DIGITS_EVAL:]
 
 
+def is_gray(pixels: torch.Tensor) -> bool:
+    """True for a (C, H, W) image whose channels are all equal (a grayscale photo converted to RGB)."""
+    return bool(pixels.shape[0] == 1 or (pixels[1:] == pixels[:1]).all())
+
+
 class CropSampler:
     """Random crops at several scales with horizontal flips, drawn from a list of images.
 
@@ -116,7 +121,15 @@ class CropSampler:
     (antialiased) to `crop`: the model sees both fine texture and downscaled whole-scene structure.
     """
 
-    def __init__(self, images: list[NamedImage], crop: int, generator: torch.Generator, max_scale: float = 3.0):
+    def __init__(
+        self,
+        images: list[NamedImage],
+        crop: int,
+        generator: torch.Generator,
+        max_scale: float = 3.0,
+        gray_weight: float = 1.0,
+        permute_channels: float = 0.0,
+    ):
         usable = [im for im in images if min(im.pixels.shape[1:]) >= crop]
         if not usable:
             raise ValueError(f"no training image is at least {crop}px on its shorter side")
@@ -124,9 +137,13 @@ class CropSampler:
         self.crop = crop
         self.generator = generator
         self.max_scale = max_scale
-        # larger images are sampled more often, in proportion to the number of crops they hold
+        self.permute_channels = permute_channels
+        # larger images are sampled more often (square root of their area); grayscale photos converted to RGB
+        # are down-weighted by `gray_weight`, else an RGB model learns that most pixels have no colour
         areas = torch.tensor([float(im.pixels.shape[1] * im.pixels.shape[2]) for im in usable])
-        self.weights = areas.sqrt() / areas.sqrt().sum()
+        gray = torch.tensor([float(is_gray(im.pixels)) for im in usable])
+        weights = areas.sqrt() * (1 - gray + gray * gray_weight)
+        self.weights = weights / weights.sum()
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(0, high, (1,), generator=self.generator).item())
@@ -145,6 +162,8 @@ class CropSampler:
             tile = F.interpolate(tile[None], size=(self.crop, self.crop), mode="bilinear", antialias=True)[0]
         if float(torch.rand((), generator=self.generator)) < 0.5:
             tile = tile.flip(-1)
+        if tile.shape[0] == 3 and float(torch.rand((), generator=self.generator)) < self.permute_channels:
+            tile = tile[torch.randperm(3, generator=self.generator)]  # new colour combinations, same structure
         return tile.clamp(-1.0, 1.0)
 
     def batch(self, size: int) -> torch.Tensor:

@@ -30,6 +30,8 @@ class Preset:
     eval_every: int = 250
     eval_crop: int = 256
     vq_warmup: int = 200  # steps trained without quantization before the codebook is seeded from latents
+    gray_weight: float = 1.0  # sampling weight of grayscale photos relative to colour ones
+    permute_channels: float = 0.0  # probability of shuffling the RGB channels of a crop
     extra: dict[str, Any] = field(default_factory=dict)
 
 

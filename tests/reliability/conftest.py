@@ -1,9 +1,9 @@
 """Shared pieces of the reliability suite: a tiny real checkpoint, a real `python -m service` subprocess (for
-overload, shutdown and soak, where signals, RSS, threads and file descriptors are the process's own) and a real
-uvicorn in a thread of the test process (for faults, where one method of the real model is patched to fail).
+overload, shutdown and soak, where signals, RSS, threads and file descriptors are the process's own) and a
+real uvicorn in a thread of the test process (for faults, where one method of the real model is patched to
+fail).
 
-Everything listens on 127.0.0.1 only and every wait is bounded.
-"""
+Everything listens on 127.0.0.1 only and every wait is bounded."""
 
 from __future__ import annotations
 
@@ -34,9 +34,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The service tests' tiny model with 64 channels per block (2 per norm group), so that a 1x1 image (one
-    latent cell) is computable; `test_hostile_input` checks the refusal on a model where it is not."""
-    return make_checkpoint(tmp_path_factory.mktemp("tiny-reliability"), block_out_channels=(64, 64))
+    """The service tests' tiny model with 64 channels per block (2 per norm group), so that a 1x1 image
+    (one latent cell) is computable (`test_hostile_input` checks the refusal on a model where it is not),
+    and without mid-block attention, whose cost grows with the square of the latent cells: a 1x100000
+    image would take 10 s on one CPU thread (the pixel limit bounds that cost in production)."""
+    return make_checkpoint(
+        tmp_path_factory.mktemp("tiny-reliability"),
+        block_out_channels=(64, 64),
+        mid_block_add_attention=False,
+    )
 
 
 def free_port() -> int:
@@ -116,7 +122,12 @@ def wait_ready(server: Server, timeout: float = 60) -> None:
 
 
 @contextmanager
-def serve_process(checkpoint: Path, tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def serve_process(
+    checkpoint: Path,
+    tmp_path: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
     """A real `python -m service` on 127.0.0.1 with one torch thread; SIGTERM (then kill) at the end."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
@@ -146,7 +157,7 @@ def serve_in_thread(checkpoint: Path, **overrides: object) -> Iterator[Server]:
     settings = Settings(**{"model_path": checkpoint, "warmup": False, "torch_threads": 1, **overrides})
     app = create_app(settings)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -1,5 +1,6 @@
-"""Hostile and odd inputs, built from real file formats: truncated and corrupt PNGs, decompression bombs, every
-Pillow mode the service accepts, animations. Pure functions of their arguments, so every run sends the same bytes."""
+"""Hostile and odd inputs, built from real file formats: truncated and corrupt PNGs, decompression bombs,
+every Pillow mode the service accepts, animations. Pure functions of their arguments, so every run sends
+the same bytes."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""The hostile-input catalogue: every endpoint and body form gets broken, hostile and odd input, and answers a 4xx
-JSON error naming the problem (or, for odd but valid images, a 200), never a 5xx; the server stays healthy.
+"""The hostile-input catalogue: every endpoint and body form gets broken, hostile and odd input, and answers
+a 4xx JSON error naming the problem (or, for odd but valid images, a 200), never a 5xx; the server stays
+healthy.
 
-Table-driven through the app's real lifespan (TestClient); the socket-level cases (a Content-Length far over the
-limit refused before the body is sent, a chunked body cut off at the limit, a slow-loris body) run against a real
-uvicorn on 127.0.0.1 in `test_body_limits.py`.
-"""
+The interop endpoints (`/remote/*`, `/v2/.../infer`) answer in their protocols' own error shapes and are
+held to the same promise (a 4xx JSON error) in a second table. Table-driven through the app's real lifespan
+(TestClient); the socket-level cases (a Content-Length far
+over the limit refused before the body is sent, a chunked body cut off at the limit, a slow-loris body)
+run against a real uvicorn on 127.0.0.1 in `test_body_limits.py`."""
 
 from __future__ import annotations
 
@@ -134,19 +136,37 @@ def encode_form_cases() -> list[Case]:
     cases += [
         Case("encode/multipart/too-many", "/encode", many, many_type, 413, "too_many_images"),
         Case(
-            "encode/multipart/text-field", "/encode", text_field, "multipart/form-data; boundary=b", 400, "bad_request"
+            "encode/multipart/text-field",
+            "/encode",
+            text_field,
+            "multipart/form-data; boundary=b",
+            400,
+            "bad_request",
         ),
         Case("encode/multipart/wrong-field", "/encode", wrong_field, wrong_type, 400, "bad_request"),
-        Case("encode/multipart/no-boundary", "/encode", b"--x\r\n\r\n", "multipart/form-data", 400, "bad_request"),
         Case(
-            "encode/multipart/garbage", "/encode", b"\x00" * 100, "multipart/form-data; boundary=z", 400, "bad_request"
+            "encode/multipart/no-boundary",
+            "/encode",
+            b"--x\r\n\r\n",
+            "multipart/form-data",
+            400,
+            "bad_request",
+        ),
+        Case(
+            "encode/multipart/garbage",
+            "/encode",
+            b"\x00" * 100,
+            "multipart/form-data; boundary=z",
+            400,
+            "bad_request",
         ),
         Case("encode/reconstruct-two", "/reconstruct", *inputs.multipart([ok, ok]), 422, "invalid_input"),
     ]
     for path in ("/encode", "/reconstruct"):
         for ctype in ("text/plain", "application/xml", "application/x-www-form-urlencoded", None):
             cases.append(Case(f"{path}/content-type-{ctype}", path, ok, ctype, 415, "unsupported_media_type"))
-        cases.append(Case(f"{path}/unknown-model", path, ok, "image/png", 404, "model_not_found", {"model": "nope"}))
+        nope = {"model": "nope"}
+        cases.append(Case(f"{path}/unknown-model", path, ok, "image/png", 404, "model_not_found", nope))
         cases.append(
             Case(
                 f"{path}/model-path-traversal",
@@ -168,7 +188,7 @@ def encode_form_cases() -> list[Case]:
             "invalid_input",
             {"return_latents": "maybe"},
         ),
-        Case("reconstruct/format-bmp", "/reconstruct", ok, "image/png", 422, "invalid_input", {"format": "bmp"}),
+        Case("reconstruct/format-x", "/reconstruct", ok, "image/png", 422, "invalid_input", {"format": "x"}),
         Case("encode/accept-unknown", "/encode", ok, "image/png", 200, None, headers={"accept": "text/html"}),
     ]
     return cases
@@ -217,13 +237,28 @@ def decode_cases() -> list[Case]:
         dj("crop-three", {"indices": [[1, 2]], "image_size": [1, 2, 3]}, 422, "invalid_input"),
         dj("latents-nan", {"latents": _b64(nan), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
         dj("latents-inf", {"latents": _b64(inf), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
-        dj("latents-size-mismatch", {"latents": _b64(latents[:-4]), "shape": [1, D, 2, 2]}, 422, "invalid_input"),
-        dj("latents-wrong-channels", {"latents": _b64(latents), "shape": [1, 2 * D, 1, 2]}, 422, "invalid_input"),
+        dj(
+            "latents-size-mismatch",
+            {"latents": _b64(latents[:-4]), "shape": [1, D, 2, 2]},
+            422,
+            "invalid_input",
+        ),
+        dj(
+            "latents-wrong-channels",
+            {"latents": _b64(latents), "shape": [1, 2 * D, 1, 2]},
+            422,
+            "invalid_input",
+        ),
         dj("latents-unknown-dtype", {**good_latents, "dtype": "float64"}, 422, "invalid_input"),
         dj("latents-int-dtype", {**good_latents, "dtype": "int32"}, 422, "invalid_input"),
         dj("latents-no-shape", {"latents": _b64(latents)}, 422, "invalid_input"),
         dj("latents-shape-3d", {"latents": _b64(latents), "shape": [D, 2, 2]}, 422, "invalid_input"),
-        dj("latents-shape-negative", {"latents": _b64(latents), "shape": [-1, D, 2, 2]}, 422, "invalid_input"),
+        dj(
+            "latents-shape-negative",
+            {"latents": _b64(latents), "shape": [-1, D, 2, 2]},
+            422,
+            "invalid_input",
+        ),
         dj("latents-shape-zero", {"latents": "", "shape": [0, D, 2, 2]}, 422, "invalid_input"),
         dj(
             "latents-shape-huge",
@@ -242,7 +277,13 @@ def decode_cases() -> list[Case]:
         db("no-dtype", latents, {"shape": [1, D, 2, 2]}, 422, "invalid_input"),
         db("unknown-dtype", latents, {"shape": [1, D, 2, 2], "dtype": "complex64"}, 422, "invalid_input"),
         db("uint8-dtype", b"\x00" * 16, {"shape": [1, D, 2, 2], "dtype": "uint8"}, 422, "invalid_input"),
-        db("size-mismatch", latents + b"\x00", {"shape": [1, D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
+        db(
+            "size-mismatch",
+            latents + b"\x00",
+            {"shape": [1, D, 2, 2], "dtype": "float32"},
+            422,
+            "invalid_input",
+        ),
         db("empty-body", b"", {"shape": [1, D, 2, 2], "dtype": "float32"}, 422, "invalid_input"),
         db("shape-negative", latents, {"shape": [1, D, -2, -2], "dtype": "float32"}, 422, "invalid_input"),
         db("shape-not-int", latents, {"shape": ["a"], "dtype": "float32"}, 422, "invalid_input"),
@@ -277,8 +318,22 @@ def decode_cases() -> list[Case]:
             422,
             "invalid_input",
         ),
-        db("octet-stream", latents, {"shape": [1, D, 2, 2], "dtype": "float32"}, 200, None, "application/octet-stream"),
-        Case("decode/content-type-image", "/decode", inputs.png(), "image/png", 415, "unsupported_media_type"),
+        db(
+            "octet-stream",
+            latents,
+            {"shape": [1, D, 2, 2], "dtype": "float32"},
+            200,
+            None,
+            "application/octet-stream",
+        ),
+        Case(
+            "decode/content-type-image",
+            "/decode",
+            inputs.png(),
+            "image/png",
+            415,
+            "unsupported_media_type",
+        ),
         Case("decode/content-type-none", "/decode", b"{}", None, 415, "unsupported_media_type"),
         Case(
             "decode/accept-html",
@@ -335,8 +390,117 @@ def test_hostile_input_gets_a_named_4xx(client: TestClient, case: Case) -> None:
     assert len(error["message"]) > 10  # a sentence that names the problem, not a bare code
 
 
+def _oip(inputs_: Any, **extra: Any) -> bytes:
+    return _json({"inputs": inputs_, **extra})
+
+
+def _oip_tensor(name: str, datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+# the interop endpoints (issue 6): their own error shapes, the same promise of a 4xx
+LATENT_QUERY = {"shape": [1, D, 2, 2], "dtype": "float32"}
+INTEROP_CASES: list[tuple[str, str, bytes, str, dict[str, Any]]] = [
+    ("remote-decode/garbage", "/remote/decode", b"\x01\x02\x03", "tensor/binary", LATENT_QUERY),
+    (
+        "remote-decode/nan",
+        "/remote/decode",
+        _f32(np.full((1, D, 2, 2), np.nan)),
+        "tensor/binary",
+        LATENT_QUERY,
+    ),
+    ("remote-decode/no-shape", "/remote/decode", _f32(np.zeros((1, D, 2, 2))), "tensor/binary", {}),
+    ("remote-decode/dtype", "/remote/decode", b"\0" * 64, "tensor/binary", {**LATENT_QUERY, "dtype": "x"}),
+    ("remote-decode/channels", "/remote/decode", b"\0" * 32, "tensor/binary", {"shape": [1, 2, 2, 2]}),
+    ("remote-decode/model", "/remote/decode", b"\0" * 64, "tensor/binary", {**LATENT_QUERY, "model": "x"}),
+    (
+        "remote-decode/scale-0",
+        "/remote/decode",
+        b"\0" * 64,
+        "tensor/binary",
+        {**LATENT_QUERY, "scaling_factor": 0},
+    ),
+    ("remote-decode/json", "/remote/decode", b"{}", "application/json", LATENT_QUERY),
+    ("remote-encode/truncated", "/remote/encode", inputs.truncated_png(), "image/png", {}),
+    ("remote-encode/bomb", "/remote/encode", inputs.png_with_header(100_000, 100_000), "image/png", {}),
+    ("remote-encode/empty", "/remote/encode", b"", "image/png", {}),
+    (
+        "remote-encode/tensor-size",
+        "/remote/encode",
+        b"\0" * 7,
+        "tensor/binary",
+        {"shape": [1, 3, 2, 2], "dtype": "uint8"},
+    ),
+    ("oip/invalid-json", "/v2/models/default/infer", b'{"inputs": [', "application/json", {}),
+    ("oip/nested", "/v2/models/default/infer", b"[" * 100_000 + b"]" * 100_000, "application/json", {}),
+    ("oip/no-inputs", "/v2/models/default/infer", _json({"outputs": []}), "application/json", {}),
+    ("oip/two-inputs", "/v2/models/default/infer", _oip([{}, {}]), "application/json", {}),
+    (
+        "oip/indices-range",
+        "/v2/models/default/infer",
+        _oip([_oip_tensor("INDICES", "INT64", [1, 2, 2], [0, 1, 2, CODEBOOK])]),
+        "application/json",
+        {},
+    ),
+    (
+        "oip/ragged-shape",
+        "/v2/models/default/infer",
+        _oip([_oip_tensor("INDICES", "INT64", [1, 2, 2], [0, 1, 2])]),
+        "application/json",
+        {},
+    ),
+    (
+        "oip/latents-nan",
+        "/v2/models/default/infer",
+        b'{"inputs": [{"name": "LATENTS", "datatype": "FP32", "shape": [1, 4, 2, 2], "data": ['
+        + b", ".join([b"NaN"] * 16)
+        + b"]}]}",
+        "application/json",
+        {},
+    ),
+    (
+        "oip/unknown-dtype",
+        "/v2/models/default/infer",
+        _oip([_oip_tensor("INDICES", "COMPLEX", [1, 1, 1], [0])]),
+        "application/json",
+        {},
+    ),
+    (
+        "oip/image-wrong-rank",
+        "/v2/models/default/infer",
+        _oip([_oip_tensor("IMAGE", "UINT8", [2, 2], [0, 0, 0, 0])]),
+        "application/json",
+        {},
+    ),
+    ("oip/unknown-model", "/v2/models/nope/infer", _oip([]), "application/json", {}),
+    ("oip/unknown-version", "/v2/models/default/versions/9/infer", _oip([]), "application/json", {}),
+    (
+        "oip/header-length",
+        "/v2/models/default/infer",
+        _oip([]),
+        "application/json",
+        {"__header__": "99999"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", INTEROP_CASES, ids=[c[0] for c in INTEROP_CASES])
+def test_interop_endpoints_refuse_hostile_input_with_a_4xx(
+    client: TestClient, case: tuple[str, str, bytes, str, dict[str, Any]]
+) -> None:
+    _, path, body, ctype, params = case
+    headers = {"content-type": ctype}
+    params = dict(params)
+    if "__header__" in params:
+        headers["inference-header-content-length"] = params.pop("__header__")
+    reply = client.post(path, content=body, headers=headers, params=params)
+    assert 400 <= reply.status_code < 500, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"]
+
+
 def test_server_healthy_after_the_catalogue(client: TestClient) -> None:
-    """Runs after the table (file order): nothing answered 5xx, and the service still serves."""
+    """Runs after the tables (file order): nothing answered 5xx, and the service still serves."""
     assert _five_xx(client) == BASELINE["5xx"]
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
@@ -369,6 +533,5 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: 
             reply = client.post(path, content=body, headers={"content-type": ctype})
             assert reply.status_code == 422, reply.text
             assert "latent cells" in reply.json()["error"]["message"]
-        assert (
-            client.post("/encode", content=inputs.png(1, 3), headers={"content-type": "image/png"}).status_code == 200
-        )
+        wide = client.post("/encode", content=inputs.png(1, 3), headers={"content-type": "image/png"})
+        assert wide.status_code == 200
