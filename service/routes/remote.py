@@ -48,8 +48,9 @@ FloatQuery = Annotated[float | None, Query()]
 def force_not_quantize_default(services: Services, engine: Engine) -> bool:
     """Whether a model decodes remote latents without quantizing them.
 
-    The setting VQSERVE_REMOTE_FORCE_NOT_QUANTIZE (model names) decides when set; otherwise MoVQ-style models (`norm_type: spatial`, Kandinsky's decoder, whose pipelines pass
-    `force_not_quantize=True`) skip quantization and all others quantize, as `VQModel.decode` does by default.
+    The setting VQSERVE_REMOTE_FORCE_NOT_QUANTIZE (model names) decides when set; otherwise MoVQ-style models
+    (`norm_type: spatial`, Kandinsky's decoder, whose pipelines pass `force_not_quantize=True`) skip quantization
+    and all others quantize, as `VQModel.decode` does by default.
     """
     configured = services.settings.remote_force_not_quantize
     if configured is not None:
