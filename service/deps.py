@@ -1,4 +1,7 @@
-"""FastAPI dependencies as `Annotated` aliases: the services object, the API-key check, the readiness gate."""
+"""FastAPI dependencies as `Annotated` aliases: the services object, the API-key check, the readiness gate.
+
+All `async def`: none blocks, and a plain `def` dependency costs a hop through the thread pool per request.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from .errors import ServiceError
 from .runtime import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -19,7 +22,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
+async def require_api_key(request: Request, services: ServicesDep) -> None:
     """Bearer auth when VQSERVE_API_KEYS is set; every key is compared in constant time."""
     keys = services.settings.api_keys
     if not keys:
@@ -35,7 +38,7 @@ def require_api_key(request: Request, services: ServicesDep) -> None:
         )
 
 
-def require_serving(services: ServicesDep) -> None:
+async def require_serving(services: ServicesDep) -> None:
     """Inference only while ready and not draining."""
     if services.draining:
         raise ServiceError("shutting_down", "the server is shutting down; retry shortly", {"Retry-After": "1"})
