@@ -29,10 +29,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import numpy as np
-import torch
-from PIL import Image
+# Every process of this benchmark (servers, peer, the bare in-process models) runs with the wait policy that
+# `python -m service` sets for itself, so that the comparison is between serving stacks, not OpenMP settings.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

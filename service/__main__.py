@@ -17,13 +17,18 @@ import types
 import typing
 from typing import Any
 
-import uvicorn
-from pydantic import ValidationError
+# Before torch loads OpenMP: threads that wait for work sleep instead of spinning. On a 2-core machine where codec
+# threads or a neighbour process hold a core, spinning intra-op threads made one 256x256 reconstruct 6x slower
+# (bench/README.md, "Where the time goes"). An OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .app import create_app
-from .logs import configure_logging
-from .runtime import Services
-from .settings import Settings
+import uvicorn  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from .app import create_app  # noqa: E402
+from .logs import configure_logging  # noqa: E402
+from .runtime import Services  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 logger = logging.getLogger("vqserve")
 
