@@ -162,8 +162,10 @@ class CropSampler:
             tile = F.interpolate(tile[None], size=(self.crop, self.crop), mode="bilinear", antialias=True)[0]
         if float(torch.rand((), generator=self.generator)) < 0.5:
             tile = tile.flip(-1)
-        if tile.shape[0] == 3 and float(torch.rand((), generator=self.generator)) < self.permute_channels:
-            tile = tile[torch.randperm(3, generator=self.generator)]  # new colour combinations, same structure
+        # no draw when off, so a run without this augmentation sees the same crops as before it existed
+        if self.permute_channels > 0 and tile.shape[0] == 3:
+            if float(torch.rand((), generator=self.generator)) < self.permute_channels:
+                tile = tile[torch.randperm(3, generator=self.generator)]  # new colour combinations, same structure
         return tile.clamp(-1.0, 1.0)
 
     def batch(self, size: int) -> torch.Tensor:

@@ -50,12 +50,14 @@ PRESETS: dict[str, Preset] = {
             "mid_block_add_attention": False,
             "sample_size": 256,
         },
-        steps=5000,
+        steps=12000,
         batch_size=8,
         crop=64,
         lr=1e-3,
         eval_every=250,
         vq_warmup=300,
+        gray_weight=0.2,  # half of skimage's photos are grayscale: they taught the first runs to drop colour
+        permute_channels=0.5,
     ),
     "digits": Preset(
         config={

@@ -121,3 +121,17 @@ def test_dead_codes_are_restarted(tmp_path: Path) -> None:
     # the restarted codes now sit among the encoder outputs, so more of them get picked
     out = forward_loss(run.model, x, quantize=True)
     assert int(out.indices.unique().numel()) > used
+
+
+def test_crop_sampler_weights_gray_photos_and_shuffles_channels() -> None:
+    gray = data.NamedImage("gray", torch.linspace(-1, 1, 128 * 128).view(1, 128, 128).expand(3, -1, -1).clone())
+    red = torch.full((3, 128, 128), -1.0)
+    red[0] = 1.0
+    colour = data.NamedImage("red", red)
+    generator = torch.Generator().manual_seed(0)
+    sampler = data.CropSampler([gray, colour], 32, generator, gray_weight=0.0, permute_channels=1.0)
+    assert sampler.weights.tolist() == [0.0, 1.0]
+    crops = sampler.batch(24)
+    # every crop is the red image, with the bright channel moved around by the shuffles
+    bright = crops.amax(dim=(2, 3)).argmax(dim=1)
+    assert set(bright.tolist()) == {0, 1, 2}
