@@ -73,7 +73,13 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("x-request-id", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("x-request-id", request_id)
+                services = getattr(scope["app"].state, "services", None)
+                if services is not None and services.draining:
+                    # no keep-alive while draining: a request sent on an idle connection just as the server
+                    # closes it would be lost without an answer; a fresh connection gets 503 or a clean refusal
+                    headers["connection"] = "close"
             await send(message)
 
         if inference_request:
