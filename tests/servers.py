@@ -39,12 +39,13 @@ def parse_metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-@dataclass
-class Server:
+class ServesMetrics:
+    """`metric` and `wait_metric` for anything with a `url` and a `log_text()` to show when a wait fails."""
+
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    checkpoint: Path | None = None
+
+    def log_text(self) -> str:
+        raise NotImplementedError
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples called `name` whose labels include `labels`."""
@@ -54,8 +55,19 @@ class Server:
         end = time.monotonic() + timeout
         while self.metric(name, **labels) < at_least:
             if time.monotonic() > end:
-                raise AssertionError(f"{name}{labels} stayed below {at_least}; log:\n{self.log.read_text()[-3000:]}")
+                raise AssertionError(f"{name}{labels} stayed below {at_least}; log:\n{self.log_text()[-3000:]}")
             time.sleep(0.02)
+
+
+@dataclass
+class Server(ServesMetrics):
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    checkpoint: Path | None = None
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
 
 def start_server(

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
-from tests.servers import free_port, parse_metric
+from tests.servers import ServesMetrics, free_port
 from tests.service.conftest import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass
-class Server:
+class Server(ServesMetrics):
     """A served app reachable at `url`: `process` for a subprocess, `app` for one in this process."""
 
     url: str
@@ -57,16 +57,6 @@ class Server:
     def host_port(self) -> tuple[str, int]:
         host, port = self.url.removeprefix("http://").split(":")
         return host, int(port)
-
-    def metric(self, name: str, **labels: str) -> float:
-        return parse_metric(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
-
-    def wait_metric(self, name: str, at_least: float, timeout: float = 30, **labels: str) -> None:
-        end = time.monotonic() + timeout
-        while self.metric(name, **labels) < at_least:
-            if time.monotonic() > end:
-                raise AssertionError(f"{name}{labels} stayed below {at_least}\n{self.log_text()[-3000:]}")
-            time.sleep(0.02)
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log is not None and self.log.exists() else ""

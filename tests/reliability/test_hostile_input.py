@@ -24,10 +24,10 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
+from tests.servers import parse_metric
 from tests.service.conftest import make_checkpoint
 
 from . import inputs
-from .conftest import parse_metric
 
 pytestmark = pytest.mark.timeout(120)
 
