@@ -45,14 +45,11 @@ class VQModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.conv_dtype_param().dtype
+        return self.encoder.conv_in.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.conv_dtype_param().device
-
-    def conv_dtype_param(self) -> torch.Tensor:
-        return self.encoder.conv_in.weight
+        return self.encoder.conv_in.weight.device
 
     # the autoencoder
     def encode(self, x: torch.Tensor) -> torch.Tensor:
