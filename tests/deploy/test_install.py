@@ -119,14 +119,9 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     # the image's ENTRYPOINT, with the image's PATH order
-    server = subprocess.Popen(
-        ["python", "-m", "service"],
-        cwd=run_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "server.log"  # a file, not a pipe: an unread pipe would block a chatty server
+    with log.open("wb") as sink:
+        server = subprocess.Popen(["python", "-m", "service"], cwd=run_dir, env=env, stdout=sink, stderr=sink)
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
@@ -164,5 +159,5 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
     finally:
         if server.poll() is None:
             server.kill()
-        output = server.communicate(timeout=10)[0]
-        print(output[-3000:])  # noqa: T201  (shown by pytest only when the test fails)
+        server.wait(timeout=10)
+        print(log.read_text()[-3000:])  # noqa: T201  (shown by pytest only when the test fails)

@@ -83,7 +83,8 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         while httpx.get(f"{server.url}/readyz", timeout=5).status_code != 503:
-            assert time.monotonic() - signalled < 0.5, "readiness did not flip at once"
+            # well before the listener closes (DELAY_S); loose enough for a loaded 2-core CI machine
+            assert time.monotonic() - signalled < DELAY_S - 0.5, "readiness did not flip at once"
         code = server.process.wait(timeout=GRACE_S + DELAY_S + 10)
         exited = time.monotonic() - signalled
         stop.set()
@@ -146,6 +147,6 @@ def test_second_signal_exits_at_once(tiny_checkpoint: Path, tmp_path: Path) -> N
         server.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         code = server.process.wait(timeout=10)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 5.0  # at once, not after the 60 s drain
         assert code == 128 + signal.SIGTERM
         assert "exiting at once" in server.log_text()

@@ -121,7 +121,6 @@ def test_one_queue_per_shape() -> None:
 def test_waits_for_admitted_requests_still_decoding_up_to_max_wait() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         late = batcher.admit("fake")  # admitted, inputs still being decoded
-        started = time.monotonic()
         _, (early,) = submit(batcher, item(1))
         await asyncio.sleep(0.05)
         (later,) = batcher.submit(late, [item(2)])

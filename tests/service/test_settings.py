@@ -54,7 +54,6 @@ def test_every_setting_has_a_flag() -> None:
     flags = {opt for action in build_parser()._actions for opt in action.option_strings}
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in flags, name
-    assert "--max-queue" in flags
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
