@@ -46,7 +46,9 @@ class VQModelConfig:
     scaling_factor: float = 0.18215  # diffusion pipelines multiply latents by it
     norm_type: str = "group"  # "spatial": decoder norms conditioned on the quantized latents (MoVQ)
     mid_block_add_attention: bool = True
-    lookup_from_codebook: bool = False  # decode(force_not_quantize=True) takes indices, not latents
+    # diffusers: decode(force_not_quantize=True) takes indices; here decode() takes an integer tensor as indices
+    # whatever this says (and decode_indices always does), so the field is carried for checkpoint fidelity only
+    lookup_from_codebook: bool = False
     force_upcast: bool = False  # run in float32 even where half precision is asked for
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

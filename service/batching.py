@@ -71,10 +71,11 @@ class Item:
 class Ticket:
     """An admitted request: holds one `max_queue` slot until its items are computed or it ends."""
 
-    def __init__(self, worker: ModelWorker, arrival: float, deadline: float) -> None:
+    def __init__(self, worker: ModelWorker, arrival: float, deadline: float, announced: bool = True) -> None:
         self.worker = worker
         self.arrival = arrival
         self.deadline = deadline
+        self.announced = announced  # counted in worker.announced until it submits or ends
         self.items: list[Item] = []
         self._waiting = 0
         self.submitted = False
@@ -89,7 +90,7 @@ class Ticket:
         if not self.released:
             self.released = True
             self.worker.batcher.pending -= 1
-            if not self.submitted:
+            if self.announced and not self.submitted:
                 self.worker.announced -= 1
                 self.worker.wakeup.set()
 
@@ -112,9 +113,6 @@ class ModelWorker:
         self.idle.set()
         self.announced = 0  # admitted requests still decoding their inputs
         self.task: asyncio.Task[None] | None = None
-
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
 
     def put(self, items: list[Item]) -> None:
         for item in items:
@@ -234,8 +232,11 @@ class Batcher:
         for worker in self.workers.values():
             worker.task = asyncio.create_task(worker.run(), name=f"batcher-{worker.engine.name}")
 
-    def admit(self, model: str, arrival: float | None = None) -> Ticket:
-        """Take a queue slot for one request before its body is decoded: 503 when draining, 429 when full."""
+    def admit(self, model: str, arrival: float | None = None, announce: bool = True) -> Ticket:
+        """Take a queue slot for one request before its body is decoded: 503 when draining, 429 when full.
+
+        `announce=False` holds a slot only (work that never submits items): batches then need not wait for it.
+        """
         if self.draining:
             raise ServiceError(
                 "shutting_down", "the server is shutting down; retry on another replica", {"Retry-After": "1"}
@@ -249,8 +250,9 @@ class Batcher:
         worker = self.workers[model]
         arrival = time.monotonic() if arrival is None else arrival
         self.pending += 1
-        worker.announced += 1
-        return Ticket(worker, arrival, arrival + self.request_timeout_s)
+        if announce:
+            worker.announced += 1
+        return Ticket(worker, arrival, arrival + self.request_timeout_s, announced=announce)
 
     def submit(self, ticket: Ticket, items: list[Item]) -> list[asyncio.Future[Any]]:
         """Queue the request's items (all in the same per-shape queues as everyone else's)."""

@@ -21,10 +21,9 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from .client import DEFAULT_URL, Client, Reconstruction, VQServeError
+from .client import DEFAULT_URL, Client, Reconstruction, VQServeError, to_pil
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 T = TypeVar("T")
@@ -153,7 +152,7 @@ def run_concurrently(fn: Callable[[T], R], items: list[T], workers: int, desc: s
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, "PNG")
+    to_pil(pixels).save(path, "PNG")
 
 
 def load_indices(path: Path) -> dict[str, np.ndarray]:

@@ -23,7 +23,6 @@ from .errors import ServiceError
 # decoders accepted for input images; anything else Pillow knows is refused (smaller attack surface)
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 TENSOR_DTYPES: dict[str, torch.dtype] = {
     "uint8": torch.uint8,

@@ -276,9 +276,7 @@ async def metadata(name: str, services: ServicesDep, version: str | None = None)
     try:
         _check_version(version)
         return JSONResponse(model_metadata(services, name))
-    except OIPError as exc:
-        return _error(exc.status, exc.message)
-    except ServiceError as exc:
+    except (OIPError, ServiceError) as exc:
         return _error(exc.status, exc.message)
 
 

@@ -61,7 +61,7 @@ def force_not_quantize_default(services: Services, engine: Engine) -> bool:
 async def _on_engine_thread(services: Services, engine: Engine, fn: Any, *args: Any) -> Any:
     """Run `fn(model, *args)` on the engine's thread (where everything touching the device runs), holding one
     admission slot so a full queue still answers 429, bounded by the request deadline."""
-    ticket = services.batcher.admit(engine.name)
+    ticket = services.batcher.admit(engine.name, announce=False)  # a slot only: it never submits batch items
     try:
         timeout = services.settings.request_timeout_s
         return await asyncio.wait_for(engine.run_on_thread(fn, *args), timeout)

@@ -219,3 +219,20 @@ def test_draining_refuses_new_requests_and_finishes_admitted_ones() -> None:
         assert await asyncio.gather(first, queued) == [0, 10]
 
     run(body)
+
+
+def test_slot_only_tickets_do_not_hold_batches_back() -> None:
+    """A slot taken by work that never submits items (protocol adapters) counts against max_queue only."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        slot = batcher.admit("fake", announce=False)
+        started = time.monotonic()
+        _, (future,) = submit(batcher, item(1))
+        assert await future == 10
+        assert time.monotonic() - started < 0.5  # max_wait is 2 s: nothing waited for the slot-only ticket
+        assert batcher.pending == 1
+        slot.release()
+        assert batcher.pending == 0
+        assert batcher.workers["fake"].announced == 0
+
+    run(body, max_wait_s=2.0)
