@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint unit bench train train-digits clean
+.PHONY: setup serve test lint unit bench train train-data train-digits clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,19 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.model_vs_diffusers
 	$(BIN)/python -m bench.service_vs_peers --curves
 
-train: $(STAMP)
-	$(BIN)/python -m model.train --preset default --out model/weights/default
+# OpenCV's sample photos (Debian's opencv-doc package): more real colour photos for the default model
+OPENCV_PHOTOS := runs/data/opencv-doc
+$(OPENCV_PHOTOS):
+	rm -rf runs/data/deb && mkdir -p runs/data/deb
+	cd runs/data/deb && apt-get download opencv-doc
+	dpkg-deb -x runs/data/deb/opencv-doc_*.deb runs/data/deb/root
+	mv runs/data/deb/root/usr/share/doc/opencv-doc/examples/data $(OPENCV_PHOTOS)
+	rm -rf runs/data/deb
+
+train-data: $(OPENCV_PHOTOS)
+
+train: $(STAMP) $(OPENCV_PHOTOS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m model.train --preset default --out model/weights/default
 
 train-digits: $(STAMP)
 	$(BIN)/python -m model.train --preset digits --out model/weights/digits --threads 1

@@ -16,9 +16,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import VQModel, VQModelConfig
@@ -27,7 +28,6 @@ from model.training.evaluate import evaluate
 from model.training.objective import CodebookKeeper, forward_loss
 from model.training.presets import PRESETS, Preset
 
-RESTART_EVERY = 50  # steps between dead-code restarts
 LR_WARMUP = 100  # steps of linear learning-rate warm-up
 
 
@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="named config and defaults")
     parser.add_argument("--config", type=Path, help="a config.json to train instead of the preset's config")
     parser.add_argument("--out", type=Path, required=True, help="directory for the diffusers-format checkpoint")
-    parser.add_argument("--data", help="'photos' (shipped photos), 'digits', or a folder of images")
+    parser.add_argument(
+        "--data", help="'digits', or a comma-separated list of 'photos' (the shipped photos) and image folders"
+    )
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop", type=int, help="training crop side in pixels")
@@ -46,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vq-warmup", type=int, help="steps without quantization before seeding the codebook")
     parser.add_argument("--gray-weight", type=float, help="sampling weight of grayscale photos (1 = by area)")
     parser.add_argument("--permute-channels", type=float, help="probability of shuffling a crop's RGB channels")
+    parser.add_argument("--ema-decay", type=float, help="weight EMA decay for evaluation and the checkpoint (0 = off)")
+    parser.add_argument("--restart-every", type=int, help="steps between dead-code restarts")
+    parser.add_argument("--restarts-until", type=float, help="fraction of the steps after which restarts stop")
+    parser.add_argument("--init", type=Path, help="start from the weights of this diffusers-format checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -55,20 +61,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset: Preset = PRESETS[args.preset]
     for name in (
         "data", "steps", "batch_size", "crop", "lr", "eval_every", "eval_crop", "vq_warmup", "gray_weight",
-        "permute_channels",
+        "permute_channels", "ema_decay", "restart_every", "restarts_until",
     ):  # fmt: skip
         if getattr(args, name) is None:
             setattr(args, name, getattr(preset, name))
     if args.state is None:
         args.state = Path("runs") / args.out.name / "state.pt"
-    if min(args.steps, args.batch_size, args.crop, args.eval_every) <= 0:
-        parser.error("--steps, --batch-size, --crop and --eval-every must be positive")
+    if min(args.steps, args.batch_size, args.crop, args.eval_every, args.restart_every) <= 0:
+        parser.error("--steps, --batch-size, --crop, --eval-every and --restart-every must be positive")
+    if not 0.0 <= args.ema_decay < 1.0:
+        parser.error("--ema-decay must be in [0, 1)")
     return args
 
 
 def build_config(args: argparse.Namespace) -> VQModelConfig:
     if args.config is not None:
         return VQModelConfig.from_json_file(args.config)
+    if args.init is not None:
+        return VQModelConfig.from_json_file(args.init / "config.json")
     return VQModelConfig.from_dict(PRESETS[args.preset].config)
 
 
@@ -96,6 +106,12 @@ class Run:
         self.device = pick_device(args.device)
         self.config = build_config(args)
         self.model = VQModel(self.config).to(self.device).train()
+        if args.init is not None:
+            self.model.load_state_dict(VQModel.from_pretrained(args.init).state_dict())
+        # the averaged weights are what gets evaluated and shipped: they do not jump with each noisy step
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay)) if args.ema_decay else None
+        )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, betas=(0.9, 0.99))
         self.keeper = CodebookKeeper(self.config.num_vq_embeddings, self.config.embed_dim, self.generator)
         self.step = 0
@@ -118,7 +134,7 @@ class Run:
                 "eval_images": f"the last {len(held_out)} digits",
             }
             return
-        images = data.shipped_photos(channels) if source == "photos" else data.folder_images(source, channels)
+        images = data.source_images(source, channels)
         self.sampler = data.CropSampler(
             images,
             self.args.crop,
@@ -128,7 +144,7 @@ class Run:
         )
         self.eval_names, self.eval_images = data.eval_photos(channels, self.args.eval_crop)
         self.data_description = {
-            "source": "skimage.data photos + sklearn sample images" if source == "photos" else str(source),
+            "source": source.replace("photos", "skimage.data photos + sklearn sample images"),
             "train_images": sorted(im.name for im in self.sampler.images),
             "augmentation": (
                 f"random {self.args.crop}px crops of 1x-3x regions (log-uniform), horizontal flips, RGB channels "
@@ -146,6 +162,7 @@ class Run:
         state = {
             "step": self.step,
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -160,6 +177,8 @@ class Run:
     def load_state(self) -> None:
         state = torch.load(self.args.state, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -169,9 +188,13 @@ class Run:
         saved = json.loads(state["best_json"])
         self.best, self.history = saved["best"], saved["history"]
 
+    def shipped_model(self) -> VQModel:
+        """The weights evaluated and written out: the moving average when there is one."""
+        return self.model if self.ema is None else cast(VQModel, self.ema.module)
+
     def write_checkpoint(self, evaluation: dict[str, Any], final: bool) -> None:
         out: Path = self.args.out
-        self.model.save_pretrained(out)
+        self.shipped_model().save_pretrained(out)
         record = {
             "preset": self.args.preset if self.args.config is None else None,
             "config_file": str(self.args.config) if self.args.config else None,
@@ -184,6 +207,10 @@ class Run:
             "crop": self.args.crop,
             "lr": self.args.lr,
             "vq_warmup": self.args.vq_warmup,
+            "ema_decay": self.args.ema_decay,
+            "restart_every": self.args.restart_every,
+            "restarts_until": self.args.restarts_until,
+            "init": str(self.args.init) if self.args.init else None,
             "loss": "L1 + L2 reconstruction + codebook + 0.25 * commitment, dead-code restarts",
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
@@ -196,7 +223,7 @@ class Run:
 
     # the loop
     def evaluate_and_save(self, final: bool = False) -> dict[str, Any]:
-        evaluation = evaluate(self.model, self.eval_names, self.eval_images.to(self.device))
+        evaluation = evaluate(self.shipped_model(), self.eval_names, self.eval_images.to(self.device))
         evaluation["step"] = self.step
         self.history.append({"step": self.step, "psnr_mean": evaluation["psnr_mean"]})
         quantizing = self.step >= self.args.vq_warmup
@@ -248,18 +275,30 @@ class Run:
     def _train_step(self, holder: dict[str, Any]) -> None:
         args = self.args
         quantize = self.step >= args.vq_warmup
-        if quantize and self.step == args.vq_warmup:
+        x = None
+        if quantize and self.step == args.vq_warmup and args.init is None:
+            if len(self.keeper.buffer) == 0:  # no warm-up steps: seed from this batch's encoder outputs
+                x = self.sampler.batch(args.batch_size).to(self.device)
+                with torch.no_grad():
+                    z = self.model.encode(x)
+                self.keeper.observe(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), None)
             self.keeper.seed_codebook(self.model)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, args.steps, args.lr)
-        x = self.sampler.batch(args.batch_size).to(self.device)
+        if x is None:
+            x = self.sampler.batch(args.batch_size).to(self.device)
         out = forward_loss(self.model, x, quantize)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+            # the codebook is copied, not averaged: seeded and restarted codes must take effect at once
+            self.shipped_model().quantize.embedding.weight.data.copy_(self.model.quantize.embedding.weight.data)
         self.keeper.observe(out.latents, out.indices)
         self.step += 1
-        if quantize and self.step % RESTART_EVERY == 0:
+        restarting = self.step <= args.restarts_until * args.steps
+        if quantize and restarting and self.step % args.restart_every == 0:
             self.keeper.restart_dead(self.model, self.optimizer)
         loss = float(out.loss.detach())
         holder["ema"] = loss if holder["ema"] is None else 0.98 * holder["ema"] + 0.02 * loss

@@ -79,6 +79,14 @@ def folder_images(folder: str | Path, channels: int) -> list[NamedImage]:
     return images
 
 
+def source_images(spec: str, channels: int) -> list[NamedImage]:
+    """Images from a comma-separated list of sources: `photos` (the shipped photos) and/or folders."""
+    images: list[NamedImage] = []
+    for source in (part.strip() for part in spec.split(",")):
+        images += shipped_photos(channels) if source == "photos" else folder_images(source, channels)
+    return images
+
+
 def eval_photos(channels: int, crop: int) -> tuple[list[str], torch.Tensor]:
     """The held-out photos cut into `crop`-sized tiles at a 2x3 grid of positions -> (names, (N, C, crop, crop))."""
     import sklearn.datasets

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model import VQModel
 from model.train import Run, parse_args
@@ -135,3 +137,66 @@ def test_crop_sampler_weights_gray_photos_and_shuffles_channels() -> None:
     # every crop is the red image, with the bright channel moved around by the shuffles
     bright = crops.amax(dim=(2, 3)).argmax(dim=1)
     assert set(bright.tolist()) == {0, 1, 2}
+
+
+@pytest.mark.timeout(60)
+def test_ema_weights_are_evaluated_saved_and_resumed(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    extra = ("--steps", "8", "--eval-every", "8", "--vq-warmup", "2", "--ema-decay", "0.5")
+    args = parse_args(tiny_args(tmp_path, *extra))
+    run = Run(args)
+    run.train()
+    assert run.ema is not None
+    live, averaged = run.model.state_dict(), run.shipped_model().state_dict()
+    codebook = "quantize.embedding.weight"
+    assert torch.equal(live[codebook], averaged[codebook])  # copied, so seeded/restarted codes act at once
+    assert any(not torch.equal(live[k], averaged[k]) for k in live if k != codebook)
+    shipped = VQModel.from_pretrained(tmp_path / "out").state_dict()
+    assert all(torch.equal(shipped[k], averaged[k]) for k in shipped)
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["ema_decay"] == 0.5
+
+    resumed = Run(args)
+    resumed.load_state()
+    assert resumed.ema is not None
+    assert all(torch.equal(v, resumed.shipped_model().state_dict()[k]) for k, v in averaged.items())
+
+
+@pytest.mark.timeout(60)
+def test_init_starts_from_a_checkpoint_and_keeps_its_codebook(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    Run(parse_args(tiny_args(tmp_path, "--steps", "6", "--eval-every", "6", "--vq-warmup", "2"))).train()
+    start = VQModel.from_pretrained(tmp_path / "out").state_dict()
+    follow = tmp_path / "follow"
+    args = parse_args(
+        ["--preset", "tiny", "--out", str(follow / "out"), "--state", str(follow / "state.pt"), "--threads", "1",
+         "--init", str(tmp_path / "out"), "--vq-warmup", "0", "--restart-every", "1000"]
+    )  # fmt: skip
+    run = Run(args)
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in start.items())
+    run._train_step({"ema": None})
+    # no re-seeding of the trained codebook when quantization is on from the first step
+    moved = (run.model.quantize.embedding.weight - start["quantize.embedding.weight"]).abs().max()
+    assert 0 < float(moved) < 0.1
+
+
+def test_restarts_stop_after_their_share_of_the_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    extra = ("--steps", "16", "--vq-warmup", "0", "--restart-every", "2", "--restarts-until", "0.5")
+    run = Run(parse_args(tiny_args(tmp_path, *extra)))
+    holder: dict[str, float | None] = {"ema": None}
+    for _ in range(8):
+        run._train_step(holder)
+    restarted = run.keeper.restarted_total
+    assert restarted > 0
+    for _ in range(8):
+        run._train_step(holder)
+    assert run.keeper.restarted_total == restarted
+
+
+def test_sources_combine_shipped_photos_and_folders(tmp_path: Path) -> None:
+    Image.fromarray(np.full((128, 160, 3), 200, dtype=np.uint8)).save(tmp_path / "extra.png")
+    names = [im.name for im in data.source_images(f"photos, {tmp_path}", 3)]
+    assert "extra.png" in names
+    assert set(names) - {"extra.png"} == {im.name for im in data.shipped_photos(3)}
+    with pytest.raises(ValueError, match="no images"):
+        data.source_images(f"photos,{tmp_path / 'missing'}", 3)
