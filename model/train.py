@@ -242,19 +242,21 @@ class Run:
 
         previous = signal.signal(signal.SIGTERM, request_stop)
         bar = tqdm(total=args.steps, initial=self.step, mininterval=2 if sys.stderr.isatty() else 60, smoothing=0.05)
-        t0, ema = time.time(), None
+        t0 = time.time()
+        running: torch.Tensor | None = None  # smoothed loss, kept on the device: read only when shown
         try:
             while self.step < args.steps and not stop["requested"]:
-                self._train_step(ema_holder := {"ema": ema})
-                ema = ema_holder["ema"]
+                loss = self._train_step()
+                running = loss if running is None else 0.98 * running + 0.02 * loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema:.4f}", restarts=self.keeper.restarted_total, refresh=False)
+                if self.step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(running):.4f}", restarts=self.keeper.restarted_total, refresh=False)
                 if self.step % args.eval_every == 0 or self.step == args.steps:
                     evaluation = self.evaluate_and_save(final=self.step == args.steps)
                     bar.write(
                         f"step {self.step}: psnr {evaluation['psnr_mean']:.2f} dB "
                         f"usage {evaluation['codebook_usage']:.3f} perplexity {evaluation['perplexity']} "
-                        f"loss {ema:.4f} ({time.time() - t0:.0f}s)",
+                        f"loss {float(running):.4f} ({time.time() - t0:.0f}s)",
                         file=sys.stderr,
                     )
         except KeyboardInterrupt:
@@ -272,7 +274,8 @@ class Run:
             (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         return self.best or {}
 
-    def _train_step(self, holder: dict[str, Any]) -> None:
+    def _train_step(self) -> torch.Tensor:
+        """One optimisation step; returns its loss, detached."""
         args = self.args
         quantize = self.step >= args.vq_warmup
         x = None
@@ -300,9 +303,7 @@ class Run:
         restarting = self.step <= args.restarts_until * args.steps
         if quantize and restarting and self.step % args.restart_every == 0:
             self.keeper.restart_dead(self.model, self.optimizer)
-        loss = float(out.loss.detach())
-        holder["ema"] = loss if holder["ema"] is None else 0.98 * holder["ema"] + 0.02 * loss
-        holder["last"] = loss
+        return out.loss.detach()
 
 
 def main(argv: list[str] | None = None) -> int:

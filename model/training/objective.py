@@ -20,8 +20,7 @@ BETA = 0.25
 @dataclass
 class StepOutput:
     loss: torch.Tensor
-    recon_loss: float
-    vq_loss: float
+    recon_loss: torch.Tensor  # detached: reading it is the caller's choice (a GPU sync)
     indices: torch.Tensor | None  # (B*h*w,) codes picked, None before quantization starts
     latents: torch.Tensor  # (B*h*w, D) encoder outputs, detached
 
@@ -48,8 +47,7 @@ def forward_loss(model: VQModel, x: torch.Tensor, quantize: bool) -> StepOutput:
     recon_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
     return StepOutput(
         loss=recon_loss + vq_loss,
-        recon_loss=float(recon_loss.detach()),
-        vq_loss=float(vq_loss.detach()),
+        recon_loss=recon_loss.detach(),
         indices=indices,
         latents=latents,
     )
