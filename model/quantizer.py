@@ -24,6 +24,8 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(num_embeddings, embed_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_embeddings, 1.0 / num_embeddings)
+        self._frozen = False  # set by freeze(): the augmented codebook may then be kept between calls
+        self._cached: tuple[tuple[object, ...], torch.Tensor] | None = None
 
     @property
     def num_embeddings(self) -> int:
@@ -40,18 +42,37 @@ class VectorQuantizer(nn.Module):
         One matmul per chunk gives ||z||^2 - 2 z.e + ||e||^2 directly, from [-2z, ||z||^2, 1] . [e, 1, ||e||^2]
         (the arithmetic of torch.cdist's matmul path): no bias copy and no extra pass over the distance matrix.
         """
-        codebook = self.embedding.weight.float()
-        ones = codebook.new_ones(codebook.shape[0], 1)
-        codebook_aug = torch.cat([codebook, ones, codebook.pow(2).sum(dim=1, keepdim=True)], dim=1)  # (K, D+2)
-        codebook_aug_t = codebook_aug.t().contiguous()  # (D+2, K)
+        codebook_aug_t = self._augmented_codebook_t()  # (D+2, K)
         z_flat = z_flat.float()
-        rows = max(1, _CHUNK_ELEMENTS // codebook.shape[0])
+        rows = max(1, _CHUNK_ELEMENTS // codebook_aug_t.shape[1])
         out = torch.empty(z_flat.shape[0], dtype=torch.long, device=z_flat.device)
         for start in range(0, z_flat.shape[0], rows):
             z = z_flat[start : start + rows]  # (n, D)
             z_aug = torch.cat([-2.0 * z, z.pow(2).sum(dim=1, keepdim=True), z.new_ones(len(z), 1)], dim=1)
             torch.argmin(z_aug @ codebook_aug_t, dim=1, out=out[start : start + rows])  # (n, K) -> (n,)
         return out
+
+    def freeze(self) -> None:
+        """Serving: let `nearest` reuse the augmented codebook (a (D+2, K) copy) instead of building it per call.
+
+        Reuse is still keyed on the weight's storage, dtype, device and version, so a `load_state_dict`, `.to()`
+        or in-place update after freezing is picked up; writes through `weight.data` are not, hence opt-in.
+        """
+        self._frozen = True
+
+    def _augmented_codebook_t(self) -> torch.Tensor:
+        """[e, 1, ||e||^2] for every code e, transposed to (D+2, K), in float32."""
+        weight = self.embedding.weight
+        key = (weight.data_ptr(), weight.dtype, weight.device, weight._version)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        codebook = weight.detach().float()
+        ones = codebook.new_ones(codebook.shape[0], 1)
+        codebook_aug = torch.cat([codebook, ones, codebook.pow(2).sum(dim=1, keepdim=True)], dim=1)  # (K, D+2)
+        codebook_aug_t = codebook_aug.t().contiguous()
+        if self._frozen:
+            self._cached = (key, codebook_aug_t)
+        return codebook_aug_t
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) integer indices -> (B, D, h, w) codebook vectors."""

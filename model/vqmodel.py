@@ -87,6 +87,7 @@ class VQModel(nn.Module):
         Measured in bench/README.md: channels-last lets oneDNN skip layout conversions on every conv.
         """
         self.eval().requires_grad_(False)
+        self.quantize.freeze()
         for module in self.modules():
             if isinstance(module, Upsample):
                 module.fuse()

@@ -63,3 +63,17 @@ def test_forward_shapes_and_lookup_round_trip() -> None:
 def test_wrong_channel_count_is_rejected() -> None:
     with pytest.raises(ValueError, match="channels"):
         _quantizer(64, 8)(torch.randn(1, 4, 2, 2))
+
+
+def test_frozen_codebook_is_reused_and_follows_new_weights() -> None:
+    vq = _quantizer(256, 8)
+    z = torch.randn(500, 8)
+    vq.freeze()
+    first = vq.nearest(z)
+    assert vq._augmented_codebook_t() is vq._augmented_codebook_t()  # built once while frozen
+    assert torch.equal(first, torch.cdist(z, vq.embedding.weight).argmin(dim=1))
+
+    # new weights after freezing (as load_state_dict writes them) are still honoured
+    permutation = torch.randperm(256)
+    vq.load_state_dict({"embedding.weight": vq.embedding.weight.detach()[permutation].clone()})
+    assert torch.equal(permutation[vq.nearest(z)], first)
