@@ -26,6 +26,7 @@ import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from .app import create_app  # noqa: E402
+from .engine import ModelLoadError, check_checkpoint  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .runtime import Services  # noqa: E402
 from .settings import Settings  # noqa: E402
@@ -112,16 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     configure_logging(settings.log_level)
-    for spec in settings.model_specs():
-        directory = spec.path / spec.subfolder if spec.subfolder else spec.path
-        if not (directory / "config.json").is_file():
-            logger.error(
-                "no checkpoint for model %r at %s (config.json missing): set VQSERVE_MODEL_PATH / --model-path "
-                "(or VQSERVE_MODELS / --models name=path) to a diffusers-format VQModel directory%s",
-                spec.name,
-                directory,
-                ", or train the default one with `make train`" if settings.model_path is None else "",
-            )
+    for spec in settings.model_specs():  # before uvicorn starts: a clear line and exit 2, not a lifespan traceback
+        try:
+            check_checkpoint(spec)
+        except ModelLoadError as exc:
+            logger.error("%s", exc)
             return 2
     app = create_app(settings)
     config = uvicorn.Config(

@@ -111,7 +111,8 @@ class BodyGuardMiddleware:
     Content-Length before a byte is read, else as soon as the count passes it) and all of it within
     `body_timeout_s` of arrival (408), so a slow-loris client cannot hold a queue slot or a codec thread forever.
 
-    The errors are raised from `receive`, inside the route, so the exception handlers answer them as JSON.
+    The errors are raised from `receive`, inside the route, so the exception handlers answer them as JSON (and
+    the /v2 routes in their protocol's shape). It is the only body bound: routes just call `request.body()`.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import random
 import time
@@ -211,6 +212,13 @@ class _Base:
     def _reconstruct_reply(response: httpx.Response) -> Reconstruction:
         return Reconstruction(read_png(response.content), float(response.headers["x-psnr"]))
 
+    def _retry_wait(self, response: httpx.Response | None, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when this outcome is final. A refused connection
+        (`response` None) and 429/503 answers are retried while attempts remain; anything else is final."""
+        if attempt >= self.retries or (response is not None and response.status_code not in RETRY_STATUSES):
+            return None
+        return retry_delay(response, attempt, self.backoff, self.max_retry_delay)
+
     def _send_args(self, call: _Call) -> dict[str, Any]:
         return {
             "method": call.method,
@@ -256,19 +264,17 @@ class Client(_Base):
         self._http.close()
 
     def _send(self, call: _Call) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             try:
                 response = self._http.request(**self._send_args(call))
             except httpx.ConnectError:
-                if attempt == self.retries:
+                if (wait := self._retry_wait(None, attempt)) is None:
                     raise
-                time.sleep(retry_delay(None, attempt, self.backoff, self.max_retry_delay))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(retry_delay(response, attempt, self.backoff, self.max_retry_delay))
-                continue
-            raise_for_error(response)
-            return response
+            else:
+                if (wait := self._retry_wait(response, attempt)) is None:
+                    raise_for_error(response)
+                    return response
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def models(self) -> list[dict[str, Any]]:
@@ -337,19 +343,17 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def _send(self, call: _Call) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             try:
                 response = await self._http.request(**self._send_args(call))
             except httpx.ConnectError:
-                if attempt == self.retries:
+                if (wait := self._retry_wait(None, attempt)) is None:
                     raise
-                await asyncio.sleep(retry_delay(None, attempt, self.backoff, self.max_retry_delay))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                await asyncio.sleep(retry_delay(response, attempt, self.backoff, self.max_retry_delay))
-                continue
-            raise_for_error(response)
-            return response
+            else:
+                if (wait := self._retry_wait(response, attempt)) is None:
+                    raise_for_error(response)
+                    return response
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def models(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import torch
 
 from model import VQModel
 
-from .settings import ModelSpec, Settings
+from .settings import ModelSpec, Settings, default_model_path
 
 logger = logging.getLogger("vqserve.engine")
 
@@ -35,6 +35,19 @@ class ModelLoadError(RuntimeError):
 class EncodeResult:
     indices: torch.Tensor  # (h, w) int32
     latents: torch.Tensor  # (D, h, w) float32, after quant_conv, before quantization
+
+
+def check_checkpoint(spec: ModelSpec) -> None:
+    """Refuse a model path without a checkpoint with a message naming the path and the settings to change.
+
+    `python -m service` calls it before starting (exit 2, no traceback); loading calls it for app users."""
+    if not (spec.directory / "config.json").is_file():
+        shipped = spec.path.resolve() == default_model_path().resolve()
+        raise ModelLoadError(
+            f"model {spec.name!r}: no checkpoint at {spec.directory} (config.json missing). Point VQSERVE_MODEL_PATH "
+            f"/ --model-path (or VQSERVE_MODELS=name=path) at a diffusers-format VQModel directory"
+            + (", or train the default one with `make train`" if shipped else "")
+        )
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -78,14 +91,8 @@ class Engine:
         self._executor.submit(self._load).result()
 
     def _load(self) -> None:
-        path = self.spec.path
-        directory = path / self.spec.subfolder if self.spec.subfolder else path
-        if not (directory / "config.json").is_file():
-            raise ModelLoadError(
-                f"model {self.name!r}: no checkpoint at {directory} (config.json missing). Point VQSERVE_MODEL_PATH "
-                f"/ --model-path (or VQSERVE_MODELS=name=path) at a diffusers-format VQModel directory"
-                + (", or train the default one with `make train`" if self.name == "default" else "")
-            )
+        check_checkpoint(self.spec)
+        path, directory = self.spec.path, self.spec.directory
         if self._settings.torch_threads:
             torch.set_num_threads(self._settings.torch_threads)
         device = resolve_device(self._settings.device)

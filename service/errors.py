@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -71,6 +72,15 @@ class ServiceError(Exception):
         return ERROR_TABLE[self.kind][1]
 
 
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors (query, body or a payload schema) as one line: the first five, each with its place."""
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -110,11 +120,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return error_response(ServiceError("invalid_input", "; ".join(parts) or "invalid request"))
+        return error_response(ServiceError("invalid_input", validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -16,6 +16,7 @@ from .batching import Batcher, BatchPolicy
 from .codecs import EncodeOptions
 from .engine import Engine
 from .errors import ServiceError
+from .payloads import ModelFacts
 from .settings import Settings
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ class Services:
             webp_quality=settings.webp_quality,
         )
         self.ready = False
-        self.draining = False
+        self._facts: dict[str, ModelFacts] = {}
 
     def engine(self, name: str | None) -> Engine:
         """The engine named by the `model` query parameter (the first configured one by default)."""
@@ -52,6 +53,13 @@ class Services:
         if name not in self.engines:
             raise ServiceError("model_not_found", f"no model {name!r}; served models: {sorted(self.engines)}")
         return self.engines[name]
+
+    def facts(self, engine: Engine) -> ModelFacts:
+        """What the input checks need to know about a model, read once it is loaded (it never changes)."""
+        facts = self._facts.get(engine.name)
+        if facts is None:
+            facts = self._facts[engine.name] = ModelFacts.of(engine)
+        return facts
 
     async def codec(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound (de)serialisation in the codec pool, timed under `kind`."""
@@ -65,7 +73,11 @@ class Services:
 
         return await asyncio.get_running_loop().run_in_executor(self.codec_pool, timed)
 
+    @property
+    def draining(self) -> bool:
+        """The batcher's flag: what refuses admission is also what readiness and keep-alive read."""
+        return self.batcher.draining
+
     def start_draining(self) -> None:
         """Readiness 503 and new inference requests 503 from now on."""
-        self.draining = True
         self.batcher.draining = True

@@ -37,6 +37,11 @@ class ModelSpec:
     path: Path
     subfolder: str | None
 
+    @property
+    def directory(self) -> Path:
+        """Where `config.json` and the weights are: the path, or its subfolder."""
+        return self.path / self.subfolder if self.subfolder else self.path
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):

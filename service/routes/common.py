@@ -1,58 +1,60 @@
-"""HTTP helpers shared by the inference routes: bounded body reading, input forms, content negotiation, and
-awaiting batch results while watching for a disconnected client and the deadline. No tensors are computed here."""
+"""HTTP helpers shared by the inference routes: input forms, content negotiation, OpenAPI reply documentation,
+tensor replies, and queueing items then awaiting their results while watching for a disconnected client and the
+deadline. No tensors are computed here.
+
+Bodies are read with `request.body()`: `BodyGuardMiddleware` (app.py) bounds every body, in size and in time, on
+every route, and its errors surface from that call inside the route.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
-from pydantic import ValidationError
+from fastapi import Query
+from fastapi.responses import Response
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from ..batching import Ticket
-from ..errors import ServiceError
+from ..batching import Item, Ticket
+from ..errors import ERROR_RESPONSES, ServiceError
+from ..payloads import check_count, images_from_json
 from ..runtime import Services
-from ..schemas import EncodeJSONRequest
 
 RAW_IMAGE_TYPES = ("application/octet-stream",)
+ModelQuery = Annotated[str | None, Query(description="served model name; default: the first configured")]
+
+
+# OpenAPI documentation of bodies the routes read themselves
+BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+
+
+def binary(*media_types: str) -> dict[str, Any]:
+    """OpenAPI `content` for raw bytes in each of `media_types`."""
+    return dict.fromkeys(media_types, BINARY)
+
+
+def request_body(content: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself (FastAPI cannot infer it)."""
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def replies(description: str, content: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """`responses` of an inference route: what its 200 holds, then every error it may answer."""
+    return {200: {"description": description, "content": content}, **ERROR_RESPONSES}
 
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError("body_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError("body_too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ServiceError("invalid_json", f"body is not valid JSON: {exc}") from exc
-
-
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+def tensor_response(body: bytes, shape: list[int], dtype: str, media: str = "tensor/binary") -> Response:
+    """Raw little-endian tensor bytes; the `shape` (a JSON list) and `dtype` headers say how to read them."""
+    return Response(body, media_type=media, headers={"shape": json.dumps(shape), "dtype": dtype})
 
 
 async def read_image_files(request: Request, services: Services) -> tuple[list[bytes], bool]:
@@ -60,13 +62,13 @@ async def read_image_files(request: Request, services: Services) -> tuple[list[b
     the request used a batch form (multipart or `images`), which is answered with a `results` list."""
     settings = services.settings
     kind = media_type(request)
-    body = await read_body(request, settings.max_body_bytes)
+    body = await request.body()
     if kind.startswith("image/") or kind in RAW_IMAGE_TYPES:
         files, batch_form = [body], False
     elif kind == "multipart/form-data":
         files, batch_form = await _multipart_images(request, body, settings.max_images_per_request), True
     elif kind == "application/json":
-        files, batch_form = await services.codec("json_decode", _json_images, body)
+        files, batch_form = await services.codec("json_decode", images_from_json, body)
     else:
         raise ServiceError(
             "unsupported_media_type",
@@ -75,23 +77,8 @@ async def read_image_files(request: Request, services: Services) -> tuple[list[b
         )
     if not files or any(len(f) == 0 for f in files):
         raise ServiceError("bad_request", "no image data in the request")
-    if len(files) > settings.max_images_per_request:
-        raise ServiceError(
-            "too_many_images",
-            f"{len(files)} images in one request; the limit is {settings.max_images_per_request}",
-        )
+    check_count(len(files), settings.max_images_per_request)
     return files, batch_form
-
-
-def _json_images(body: bytes) -> tuple[list[bytes], bool]:
-    from ..codecs import b64decode
-
-    try:
-        parsed = EncodeJSONRequest.model_validate(parse_json(body))
-    except ValidationError as exc:
-        raise ServiceError("invalid_input", validation_message(exc)) from exc
-    texts = [parsed.image] if parsed.image is not None else list(parsed.images or [])
-    return [b64decode(text, f"image {i}") for i, text in enumerate(texts)], parsed.images is not None
 
 
 async def _multipart_images(request: Request, body: bytes, max_files: int) -> list[bytes]:
@@ -153,6 +140,23 @@ async def wait_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def run_items(
+    request: Request, services: Services, ticket: Ticket, op: str, tensors: list[Any], params: tuple[Any, ...] = ()
+) -> list[Any]:
+    """Queue one item per tensor on the admitted ticket and wait for all of them, in order."""
+    factor = services.engine(ticket.worker.engine.name).downsample_factor
+    items = [Item(op, t, pixels=_pixels(op, t, factor), params=params) for t in tensors]
+    results = await await_results(request, ticket, services.batcher.submit(ticket, items))
+    note_batch(request, ticket)
+    return results
+
+
+def _pixels(op: str, tensor: Any, factor: int) -> int:
+    """Image pixels the item stands for (the input for encode, the output for decode)."""
+    h, w = tensor.shape[-2], tensor.shape[-1]
+    return int(h * w if op in ("encode", "reconstruct") else h * w * factor * factor)
 
 
 async def await_results(request: Request, ticket: Ticket, futures: list[asyncio.Future[Any]]) -> list[Any]:

@@ -3,20 +3,19 @@ batcher, pick the reply format. Handlers never compute tensors themselves."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from ..batching import Item
+from ..codecs import write_image
 from ..deps import InferenceGuard, ServicesDep
 from ..engine import Engine
-from ..errors import ERROR_RESPONSES, ServiceError
+from ..errors import ServiceError
 from ..payloads import (
     ImageInput,
-    ModelFacts,
+    check_decode_limits,
     crop_outputs,
     decode_from_json,
     decode_from_tensor,
@@ -24,86 +23,58 @@ from ..payloads import (
     encode_json,
     images_binary,
     images_json,
-    min_latent_area,
     prepare_images,
     reconstruct_reply,
 )
 from ..runtime import Services
 from ..schemas import DecodeJSONRequest, DecodeJSONResponse, EncodeBatchResponse, EncodeJSONRequest, EncodeResponse
-from .common import await_results, media_type, negotiate, note_batch, read_body, read_image_files
+from .common import (
+    BINARY,
+    ModelQuery,
+    binary,
+    media_type,
+    negotiate,
+    read_image_files,
+    replies,
+    request_body,
+    run_items,
+    tensor_response,
+)
 
 router = APIRouter(tags=["inference"], dependencies=InferenceGuard)
 
 ImageFormat = Literal["png", "jpeg", "webp"]
-ModelQuery = Annotated[str | None, Query(description="served model name; default: the first configured")]
 FormatQuery = Annotated[ImageFormat | None, Query(description="image format of the reply; overrides Accept")]
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 TENSOR_TYPES = ("tensor/binary", "application/octet-stream")
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-IMAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "image/webp": _BINARY,
-            "application/octet-stream": _BINARY,
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["image"],
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/EncodeJSONRequest"}},
+IMAGE_BODY = request_body(
+    {
+        **binary("image/png", "image/jpeg", "image/webp", "application/octet-stream"),
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["image"],
+            }
         },
+        "application/json": {"schema": {"$ref": "#/components/schemas/EncodeJSONRequest"}},
     }
-}
-DECODE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/DecodeJSONRequest"}},
-            "tensor/binary": _BINARY,
-            "application/octet-stream": _BINARY,
-        },
+)
+DECODE_BODY = request_body(
+    {
+        "application/json": {"schema": {"$ref": "#/components/schemas/DecodeJSONRequest"}},
+        **binary("tensor/binary", "application/octet-stream"),
     }
-}
-
-
-def facts(engine: Engine) -> ModelFacts:
-    return ModelFacts(
-        engine.name,
-        engine.in_channels,
-        engine.embed_dim,
-        engine.downsample_factor,
-        engine.codebook_size,
-        min_latent_area(engine.config),
-    )
-
-
-async def run_items(
-    request: Request, services: Services, ticket: Any, op: str, tensors: list[Any], params: tuple[Any, ...] = ()
-) -> list[Any]:
-    """Queue one item per tensor and wait for all of them."""
-    factor = ticket.worker.engine.downsample_factor
-    items = [Item(op, t, pixels=_pixels(op, t, factor), params=params) for t in tensors]
-    results = await await_results(request, ticket, services.batcher.submit(ticket, items))
-    note_batch(request, ticket)
-    return results
-
-
-def _pixels(op: str, tensor: Any, factor: int) -> int:
-    """Image pixels the item stands for (the input for encode, the output for decode)."""
-    h, w = tensor.shape[-2], tensor.shape[-1]
-    return int(h * w if op in ("encode", "reconstruct") else h * w * factor * factor)
+)
 
 
 async def _images(request: Request, services: Services, engine: Engine) -> tuple[list[ImageInput], bool]:
     files, batch_form = await read_image_files(request, services)
-    inputs = await services.codec("image_decode", prepare_images, files, facts(engine), services.settings.max_pixels)
+    inputs = await services.codec(
+        "image_decode", prepare_images, files, services.facts(engine), services.settings.max_pixels
+    )
     return inputs, batch_form
 
 
@@ -111,23 +82,20 @@ async def _images(request: Request, services: Services, engine: Engine) -> tuple
     "/encode",
     response_model=None,
     openapi_extra=IMAGE_BODY,
-    responses={
-        200: {
-            "description": "Code indices: one result, or `results` for a batch form; int32 (B, h, w) as binary",
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "anyOf": [
-                            {"$ref": "#/components/schemas/EncodeResponse"},
-                            {"$ref": "#/components/schemas/EncodeBatchResponse"},
-                        ]
-                    }
-                },
-                "application/octet-stream": _BINARY,
+    responses=replies(
+        "Code indices: one result, or `results` for a batch form; int32 (B, h, w) as binary",
+        {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/EncodeResponse"},
+                        {"$ref": "#/components/schemas/EncodeBatchResponse"},
+                    ]
+                }
             },
+            "application/octet-stream": BINARY,
         },
-        **ERROR_RESPONSES,
-    },
+    ),
 )
 async def encode(
     request: Request,
@@ -145,9 +113,9 @@ async def encode(
         ticket.abandon()
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.codec("tensor_encode", encode_binary, results)
-        return Response(body, media_type="application/octet-stream", headers=_tensor_headers(shape, "int32"))
+        return tensor_response(body, shape, "int32", "application/octet-stream")
     content = await services.codec(
-        "json_encode", encode_json, facts(engine), inputs, results, batch_form, return_latents
+        "json_encode", encode_json, services.facts(engine), inputs, results, batch_form, return_latents
     )
     return Response(content, media_type="application/json")
 
@@ -156,19 +124,14 @@ async def encode(
     "/decode",
     response_model=None,
     openapi_extra=DECODE_BODY,
-    responses={
-        200: {
-            "description": "One image, base64 images as JSON, or uint8 (B, H, W, C) as tensor/binary",
-            "content": {
-                "image/png": _BINARY,
-                "image/jpeg": _BINARY,
-                "image/webp": _BINARY,
-                "application/json": {"schema": {"$ref": "#/components/schemas/DecodeJSONResponse"}},
-                "tensor/binary": _BINARY,
-            },
+    responses=replies(
+        "One image, base64 images as JSON, or uint8 (B, H, W, C) as tensor/binary",
+        {
+            **binary("image/png", "image/jpeg", "image/webp"),
+            "application/json": {"schema": {"$ref": "#/components/schemas/DecodeJSONResponse"}},
+            "tensor/binary": BINARY,
         },
-        **ERROR_RESPONSES,
-    },
+    ),
 )
 async def decode(
     request: Request,
@@ -195,20 +158,21 @@ async def decode(
         raise ServiceError(
             "not_acceptable", "the reply can be image/png, image/jpeg, image/webp, application/json or tensor/binary"
         )
+    facts, settings = services.facts(engine), services.settings
     ticket = services.batcher.admit(engine.name)
     try:
         kind = media_type(request)
-        body = await read_body(request, services.settings.max_body_bytes)
+        body = await request.body()
         if kind == "application/json":
-            parsed = await services.codec("json_decode", decode_from_json, body, facts(engine))
+            parsed = await services.codec("json_decode", decode_from_json, body, facts)
         elif kind in TENSOR_TYPES:
-            parsed = await services.codec("tensor_decode", decode_from_tensor, body, shape, dtype, facts(engine))
+            parsed = await services.codec("tensor_decode", decode_from_tensor, body, shape, dtype, facts)
         else:
             raise ServiceError(
                 "unsupported_media_type",
                 f"Content-Type {kind or '(none)'!r} is not accepted; send application/json or tensor/binary",
             )
-        _check_decode_limits(services, engine, parsed.tensors)
+        check_decode_limits(parsed, facts, settings.max_images_per_request, settings.max_pixels)
         params = (force_not_quantize, scaling_factor) if parsed.op == "decode_latents" else ()
         outputs = crop_outputs(
             await run_items(request, services, ticket, parsed.op, parsed.tensors, params), parsed.crop
@@ -216,20 +180,6 @@ async def decode(
     finally:
         ticket.abandon()
     return await _image_reply(services, outputs, format, wanted)
-
-
-def _check_decode_limits(services: Services, engine: Engine, tensors: list[Any]) -> None:
-    settings = services.settings
-    if len(tensors) > settings.max_images_per_request:
-        raise ServiceError(
-            "too_many_images", f"{len(tensors)} images in one request; the limit is {settings.max_images_per_request}"
-        )
-    h, w = tensors[0].shape[-2], tensors[0].shape[-1]
-    pixels = h * w * engine.downsample_factor**2
-    if pixels > settings.max_pixels:
-        raise ServiceError(
-            "image_too_large", f"the output would be {pixels} pixels; the limit is {settings.max_pixels}"
-        )
 
 
 async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, wanted: str | None) -> Response:
@@ -241,32 +191,23 @@ async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, 
                 "not_acceptable",
                 f"{len(outputs)} images cannot be one {fmt.upper()}; ask for application/json or tensor/binary",
             )
-        from ..codecs import write_image
-
         content = await services.codec("image_encode", write_image, outputs[0], fmt, options)
         return Response(content, media_type=FORMAT_TYPES[fmt])
     if wanted == "application/json":
         content = await services.codec("image_encode", images_json, outputs, "png", options)
         return Response(content, media_type="application/json")
     body, shape = await services.codec("tensor_encode", images_binary, outputs)
-    return Response(body, media_type="tensor/binary", headers=_tensor_headers(shape, "uint8"))
-
-
-def _tensor_headers(shape: list[int], dtype: str) -> dict[str, str]:
-    return {"shape": json.dumps(shape), "dtype": dtype}
+    return tensor_response(body, shape, "uint8")
 
 
 @router.post(
     "/reconstruct",
     response_model=None,
     openapi_extra=IMAGE_BODY,
-    responses={
-        200: {
-            "description": "The reconstruction at the input's size; header x-psnr in dB",
-            "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "image/webp": _BINARY},
-        },
-        **ERROR_RESPONSES,
-    },
+    responses=replies(
+        "The reconstruction at the input's size; header x-psnr in dB",
+        binary("image/png", "image/jpeg", "image/webp"),
+    ),
 )
 async def reconstruct(
     request: Request,

@@ -23,13 +23,12 @@ import torch
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import codecs
 from ..deps import InferenceGuard, ServicesDep, require_api_key
 from ..engine import EncodeResult
 from ..errors import ServiceError
+from ..payloads import ModelFacts, check_count, check_decode_limits, decode_from_array, images_from_array
 from ..runtime import Services
-from .common import read_body
-from .inference import run_items
+from .common import run_items
 
 health_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], dependencies=[Depends(require_api_key)])
@@ -45,6 +44,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
 }
 INPUT_TYPES = {"IMAGE": ("UINT8",), "INDICES": ("INT32", "INT64", "INT16"), "LATENTS": ("FP32", "FP16")}
+INPUT_DIMS = {"IMAGE": ("B", "H", "W", "C"), "INDICES": ("B", "h", "w"), "LATENTS": ("B", "D", "h", "w")}
 OUTPUTS_FOR = {"IMAGE": ("INDICES", "LATENTS"), "INDICES": ("IMAGE",), "LATENTS": ("IMAGE",)}
 DEFAULT_OUTPUTS = {"IMAGE": ("INDICES",), "INDICES": ("IMAGE",), "LATENTS": ("IMAGE",)}
 
@@ -163,6 +163,8 @@ def _parse_tensor(spec: Any, blobs: memoryview) -> tuple[Tensor, int]:
         raise OIPError(400, f"input {name} must be {' or '.join(INPUT_TYPES[name])}, got {datatype!r}")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise OIPError(400, f"input {name}: shape must be a list of positive integers, got {shape!r}")
+    if len(shape) != len(INPUT_DIMS[name]):
+        raise OIPError(400, f"{name} must be [{', '.join(INPUT_DIMS[name])}], got {shape}")
     dtype = DATATYPES[datatype]
     count = int(np.prod(shape))
     size = (spec.get("parameters") or {}).get("binary_data_size")
@@ -185,43 +187,22 @@ def _parse_tensor(spec: Any, blobs: memoryview) -> tuple[Tensor, int]:
     return Tensor(name, datatype, array.reshape(shape)), 0
 
 
-def _to_model_inputs(tensor: Tensor, services: Services, name: str) -> tuple[str, list[torch.Tensor]]:
-    """The op and per-item model inputs, checked against the model (422 via ServiceError)."""
-    engine = services.engine(name)
-    arr, settings = tensor.array, services.settings
-    factor = engine.downsample_factor
-    if arr.shape[0] > settings.max_images_per_request:
-        raise OIPError(
-            413,
-            f"{arr.shape[0]} items in one request; the limit is {settings.max_images_per_request}",
-        )
-    if tensor.name == "IMAGE":
-        if arr.ndim != 4 or arr.shape[3] != engine.in_channels:
-            raise OIPError(400, f"IMAGE must be [B, H, W, {engine.in_channels}], got {list(arr.shape)}")
-        if arr.shape[1] * arr.shape[2] > settings.max_pixels:
-            raise OIPError(
-                413,
-                f"images of {arr.shape[1]}x{arr.shape[2]} exceed {settings.max_pixels} pixels",
-            )
-        return "encode", [codecs.to_model_input(np.ascontiguousarray(image), factor) for image in arr]
-    h, w = arr.shape[-2], arr.shape[-1]
-    if h * w * factor * factor > settings.max_pixels:
-        raise OIPError(413, f"the output would exceed {settings.max_pixels} pixels")
-    if tensor.name == "INDICES":
-        if arr.ndim != 3:
-            raise OIPError(400, f"INDICES must be [B, h, w], got {list(arr.shape)}")
-        low, high = int(arr.min()), int(arr.max())
-        if low < 0 or high >= engine.codebook_size:
-            raise OIPError(
-                400,
-                f"INDICES must lie in [0, {engine.codebook_size}); got values in [{low}, {high}]",
-            )
-        return "decode_indices", list(torch.from_numpy(arr.astype(np.int64)).unbind(0))
-    if arr.ndim != 4 or arr.shape[1] != engine.embed_dim:
-        raise OIPError(400, f"LATENTS must be [B, {engine.embed_dim}, h, w], got {list(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise OIPError(400, "LATENTS hold NaN or infinite values")
-    return "decode_latents", list(torch.from_numpy(arr.astype(np.float32)).unbind(0))
+def _to_model_inputs(
+    tensor: Tensor, facts: ModelFacts, max_images: int, max_pixels: int
+) -> tuple[str, list[torch.Tensor]]:
+    """The op and per-item model inputs, checked by the same payload helpers as /encode and /decode; input
+    that does not fit the model answers the protocol's 400 (sizes over the limits stay 413)."""
+    try:
+        if tensor.name == "IMAGE":
+            check_count(len(tensor.array), max_images)
+            return "encode", [image.tensor for image in images_from_array(tensor.array, facts, max_pixels)]
+        decoded = decode_from_array(tensor.array, facts)
+        check_decode_limits(decoded, facts, max_images, max_pixels)
+        return decoded.op, decoded.tensors
+    except ServiceError as exc:
+        if exc.kind == "invalid_input":
+            raise OIPError(400, exc.message) from exc
+        raise
 
 
 def build_response(
@@ -306,11 +287,19 @@ async def infer(
     try:
         _check_version(version)
         engine = services.engine(name)
+        facts, settings = services.facts(engine), services.settings
         ticket = services.batcher.admit(engine.name)
         try:
-            body = await read_body(request, services.settings.max_body_bytes)
+            body = await request.body()
             parsed = await services.codec("oip_decode", parse_request, body, header_length)
-            op, items = await services.codec("oip_decode", _to_model_inputs, parsed.tensor, services, name)
+            op, items = await services.codec(
+                "oip_decode",
+                _to_model_inputs,
+                parsed.tensor,
+                facts,
+                settings.max_images_per_request,
+                settings.max_pixels,
+            )
             params: tuple[Any, ...] = ()
             if op == "decode_latents":
                 params = _latent_params(parsed.parameters)

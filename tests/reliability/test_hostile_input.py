@@ -533,5 +533,21 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: 
             reply = client.post(path, content=body, headers={"content-type": ctype})
             assert reply.status_code == 422, reply.text
             assert "latent cells" in reply.json()["error"]["message"]
+        # the protocol adapters share those checks: /remote answers 422, /v2 its protocol's 400
+        one_cell = {"shape": [1, D, 1, 1], "dtype": "float32"}
+        for path, body, ctype, params, status in (
+            ("/remote/decode", _f32(np.zeros((1, D, 1, 1))), "tensor/binary", one_cell, 422),
+            ("/remote/encode", inputs.png(1, 1), "image/png", {}, 422),
+            (
+                "/v2/models/default/infer",
+                _oip([_oip_tensor("INDICES", "INT32", [1, 1, 1], [3])]),
+                "application/json",
+                {},
+                400,
+            ),
+        ):
+            reply = client.post(path, content=body, headers={"content-type": ctype}, params=params)
+            assert reply.status_code == status, reply.text
+            assert "latent cells" in str(reply.json()["error"])
         wide = client.post("/encode", content=inputs.png(1, 3), headers={"content-type": "image/png"})
         assert wide.status_code == 200
