@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
             "sample_size": 256,
         },
         data=f"photos,{OPENCV_PHOTOS}",
-        steps=20000,
+        steps=18000,
         batch_size=8,
         crop=64,
         lr=1e-3,
