@@ -1,7 +1,7 @@
 """Real `python -m service` processes on 127.0.0.1 for the tests whose behaviour crosses a socket.
 
 One place starts a server on a free port, waits for /readyz (failing with the server's log if it exits or never
-turns ready), reads its metrics, and stops it with SIGTERM as an orchestrator would.
+turns ready), reads its metrics, holds its engine busy, and stops it with SIGTERM as an orchestrator would.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.images import png
+
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_SIDE = 320  # a reconstruct of this size keeps a tiny test model busy for seconds on one torch thread
 
 
 def free_port() -> int:
@@ -57,6 +61,24 @@ class ServesMetrics:
             if time.monotonic() > end:
                 raise AssertionError(f"{name}{labels} stayed below {at_least}; log:\n{self.log_text()[-3000:]}")
             time.sleep(0.02)
+
+
+def hold_engine(
+    server: ServesMetrics, pool: ThreadPoolExecutor, side: int = SLOW_SIDE, headers: dict[str, str] | None = None
+) -> Future[httpx.Response]:
+    """Start one slow reconstruct on `pool` and return once it is computing (its batch went to the engine).
+
+    What is sent next queues behind it, so that batching, overload and shutdown meet a known queue."""
+    before = server.metric("vqserve_batch_size_count", op="reconstruct")
+    slow = pool.submit(
+        httpx.post,
+        f"{server.url}/reconstruct",
+        content=png(side, side, seed=9),
+        headers={"content-type": "image/png", **(headers or {})},
+        timeout=90,
+    )
+    server.wait_metric("vqserve_batch_size_count", before + 1, op="reconstruct")
+    return slow
 
 
 @dataclass

@@ -8,7 +8,6 @@ checkout. Then a real inference request, the metric names the dashboards need, a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from tests.deploy.conftest import ROOT
 from tests.deploy.dockerignore import DockerIgnore
 from tests.deploy.promql import all_used_names
+from tests.images import png
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -46,14 +45,6 @@ def _tiny_checkpoint(path: Path) -> None:
         sample_size=16,
     )
     VQModel(config).save_pretrained(path)
-
-
-def _png(size: int = 16) -> bytes:
-    image = Image.new("RGB", (size, size))
-    image.putdata([((x * 16) % 256, (y * 16) % 256, 128) for y in range(size) for x in range(size)])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _exposed_names(exposition: str) -> set[str]:
@@ -142,7 +133,7 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
             # the image's HEALTHCHECK command, verbatim, with the image's interpreter lookup
             probe = subprocess.run(_healthcheck_command(), env=env, capture_output=True, timeout=30, check=False)
             assert probe.returncode == 0, probe.stderr
-            encoded = client.post("/encode", content=_png(), headers={"Content-Type": "image/png"})
+            encoded = client.post("/encode", content=png(16, 16), headers={"Content-Type": "image/png"})
             assert encoded.status_code == 200, encoded.text
             assert encoded.json()["shape"] == [8, 8]
 

@@ -3,13 +3,10 @@ process on 127.0.0.1, so every client (ours, diffusers', tritonclient) talks to 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from model import VQModel
 from tests import servers
@@ -40,19 +37,6 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="session")
 def reference_model(checkpoint: Path) -> VQModel:
     return VQModel.from_pretrained(checkpoint).eval()
-
-
-def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth-ish random image (so reconstructions are not pure noise) as (H, W, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(1, height // 4), max(1, width // 4), 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

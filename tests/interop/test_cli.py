@@ -14,16 +14,17 @@ import pytest
 from PIL import Image
 
 from service.cli import main
+from tests.images import image_bytes, random_rgb
 
-from .conftest import ROOT, Server, png_bytes, random_rgb
+from .conftest import ROOT, Server
 
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
-    (folder / "a.png").write_bytes(png_bytes(random_rgb(32, 32, seed=1)))
-    (folder / "sub" / "b.png").write_bytes(png_bytes(random_rgb(32, 32, seed=2)))
+    (folder / "a.png").write_bytes(image_bytes(random_rgb(32, 32, seed=1)))
+    (folder / "sub" / "b.png").write_bytes(image_bytes(random_rgb(32, 32, seed=2)))
     Image.fromarray(random_rgb(24, 40, seed=3)).save(folder / "c.jpg", quality=95)
     (folder / "notes.txt").write_text("not an image")
     return folder

@@ -1,12 +1,13 @@
 """`service.client` against a real server: indices, pixels and PSNR equal an in-process reference model; sync
-and async; batches; retries on a real 429; API keys; timeouts."""
+and async; batches; retries on a real 429 (from a queue made full on purpose); API keys; timeouts."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,13 @@ from PIL import Image
 
 from model import VQModel
 from service.client import AsyncClient, Client, VQServeError, retry_delay
+from tests.images import image_bytes, random_rgb
+from tests.servers import hold_engine
 
-from .conftest import Server, png_bytes, random_rgb
+from .conftest import Server
+
+PNG = {"content-type": "image/png"}
+KEY = {"authorization": "Bearer k-test"}
 
 
 def ref_indices(model: VQModel, arr: np.ndarray) -> np.ndarray:
@@ -48,8 +54,8 @@ def test_encode_one_image_in_every_form(client: Client, reference_model: VQModel
     arr = random_rgb(32, 48, seed=1)
     expected = ref_indices(reference_model, arr)
     path = tmp_path / "a.png"
-    path.write_bytes(png_bytes(arr))
-    for form in (arr, Image.fromarray(arr), png_bytes(arr), path, str(path)):
+    path.write_bytes(image_bytes(arr))
+    for form in (arr, Image.fromarray(arr), image_bytes(arr), path, str(path)):
         got = client.encode(form)
         assert isinstance(got, np.ndarray)
         assert got.dtype == np.int32
@@ -149,21 +155,50 @@ def test_api_key(guarded_server: Server) -> None:
         assert keyed.models()[0]["name"] == "default"
 
 
+@contextmanager
+def full_queue(server: Server, image: bytes) -> Iterator[Callable[[], bool]]:
+    """The guarded server's queue of one, full on purpose: a slow reconstruct holds the engine and one encode waits
+    behind it. Yields a check that it is still full (no encode has left the queue); both finish with 200 after."""
+    with ThreadPoolExecutor(2) as pool:
+        holder = hold_engine(server, pool, headers=KEY)
+        encodes = server.metric("vqserve_batch_size_count", op="encode")
+        queued = pool.submit(httpx.post, f"{server.url}/encode", content=image, headers={**PNG, **KEY}, timeout=60)
+        server.wait_metric("vqserve_queue_depth", 1, op="encode")
+        yield lambda: server.metric("vqserve_batch_size_count", op="encode") == encodes
+        assert holder.result().status_code == 200
+        assert queued.result().status_code == 200
+
+
+def encode_burst(server: Server, image: bytes, retries: int) -> list[int]:
+    """8 concurrent encodes through one client: the final status of each. Retries wait Retry-After, capped at
+    0.25 s, so a burst ends within seconds of the queue moving and `retries` bounds how long it may take."""
+    with Client(server.url, api_key="k-test", retries=retries, max_retry_delay=0.25, timeout=60) as c:
+
+        def one(_: int) -> int:
+            try:
+                c.encode(image)
+                return 200
+            except VQServeError as exc:
+                return exc.status
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, range(8)))
+
+
+def test_a_full_queue_answers_429_at_once(guarded_server: Server) -> None:
+    image = image_bytes(random_rgb(32, 32, seed=9))
+    overloaded = guarded_server.metric("vqserve_request_failures_total", reason="overloaded")
+    with full_queue(guarded_server, image) as still_full:
+        assert encode_burst(guarded_server, image, retries=0) == [429] * 8
+        assert still_full(), "the engine moved on during the burst: hold it longer (a larger reconstruct)"
+    assert guarded_server.metric("vqserve_request_failures_total", reason="overloaded") == overloaded + 8
+
+
 def test_retries_ride_out_a_full_queue(guarded_server: Server) -> None:
-    image = png_bytes(random_rgb(256, 256, seed=9))
-
-    def burst(retries: int) -> list[int]:
-        with Client(guarded_server.url, api_key="k-test", retries=retries, timeout=60) as c:
-
-            def one(_: int) -> int:
-                try:
-                    c.encode(image)
-                    return 200
-                except VQServeError as exc:
-                    return exc.status
-
-            with ThreadPoolExecutor(8) as pool:
-                return list(pool.map(one, range(8)))
-
-    assert 429 in burst(retries=0), "a queue of one under 8 concurrent requests should answer some 429s"
-    assert burst(retries=20) == [200] * 8
+    image = image_bytes(random_rgb(32, 32, seed=10))
+    overloaded = guarded_server.metric("vqserve_request_failures_total", reason="overloaded")
+    with full_queue(guarded_server, image), ThreadPoolExecutor(1) as runner:
+        burst = runner.submit(encode_burst, guarded_server, image, 60)  # at most 60 x 0.25 s of waiting each
+        # the burst meets the full queue (8 refusals counted by the server), then rides it out
+        guarded_server.wait_metric("vqserve_request_failures_total", overloaded + 8, reason="overloaded")
+        assert burst.result(timeout=60) == [200] * 8

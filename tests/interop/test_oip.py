@@ -14,8 +14,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import VQModel
+from tests.images import random_rgb
 
-from .conftest import Server, random_rgb
+from .conftest import Server
 
 
 def ref_indices(model: VQModel, images: np.ndarray) -> np.ndarray:

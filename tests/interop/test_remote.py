@@ -17,7 +17,9 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.remote_utils import remote_decode, remote_encode
 from PIL import Image
 
-from .conftest import Server, make_checkpoint, random_rgb, start_server, stop_server
+from tests.images import random_rgb
+
+from .conftest import Server, make_checkpoint, start_server, stop_server
 
 SCALE = 0.5
 SHIFT = 0.1

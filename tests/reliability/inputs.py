@@ -1,29 +1,16 @@
 """Hostile and odd inputs, built from real file formats: truncated and corrupt PNGs, decompression bombs,
-every Pillow mode the service accepts, animations. Pure functions of their arguments, so every run sends
-the same bytes."""
+every Pillow mode the service accepts, animations, hand-made multipart bodies. Pure functions of their
+arguments, so every run sends the same bytes; plain test images are `tests/images.py`."""
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image
 
-
-def save(image: Image.Image, fmt: str = "PNG", **args: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **args)
-    return buf.getvalue()
-
-
-def noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-
-
-def png(height: int = 16, width: int = 16, seed: int = 0) -> bytes:
-    return save(Image.fromarray(noise(height, width, seed=seed), "RGB"))
+from tests.images import image_bytes, noise, png
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -66,21 +53,21 @@ def mode_image(mode: str) -> bytes:
         arr = {"I;16": (grey * 257).astype(np.uint16), "I": (grey * 100).astype(np.int32)}.get(
             mode, (grey / 255).astype(np.float32)
         )
-        return save(Image.fromarray(arr), "TIFF")  # uint16 -> I;16, int32 -> I, float32 -> F
+        return image_bytes(Image.fromarray(arr), "TIFF")  # uint16 -> I;16, int32 -> I, float32 -> F
     if mode == "P-transparent":
         image = rgb.convert("P")
         image.info["transparency"] = 0
-        return save(image, "PNG", transparency=0)
+        return image_bytes(image, "PNG", transparency=0)
     if mode in ("CMYK", "LAB", "YCbCr"):
-        return save(rgb.convert(mode), "TIFF" if mode != "YCbCr" else "JPEG")
-    return save(rgb.convert(mode), "PNG" if mode != "RGBa" else "TIFF")
+        return image_bytes(rgb.convert(mode), "TIFF" if mode != "YCbCr" else "JPEG")
+    return image_bytes(rgb.convert(mode), "PNG" if mode != "RGBa" else "TIFF")
 
 
 def animated(fmt: str) -> bytes:
     frames = [Image.fromarray(noise(12, 12, seed=s), "RGB") for s in range(3)]
     if fmt == "GIF":
         frames = [f.convert("P") for f in frames]
-    return save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return image_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
 
 
 def multipart(files: list[bytes], field: str = "image") -> tuple[bytes, str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from . import inputs
+from tests.images import png
+
 from .conftest import Server, serve_in_thread
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,7 +118,7 @@ def test_chunked_body_cut_off_at_the_limit(server: Server, path: str) -> None:
 
 def test_slow_loris_body_answered_408_while_others_are_served(server: Server) -> None:
     host, port = server.host_port
-    data = inputs.png(16, 16)
+    data = png(16, 16)
     outcome: dict[str, object] = {}
 
     def trickle() -> None:
@@ -151,7 +152,7 @@ def test_slow_loris_body_answered_408_while_others_are_served(server: Server) ->
 def test_a_body_within_both_bounds_is_served(server: Server) -> None:
     """The guard is transparent: a body under the limit, sent in pieces within the timeout, goes through."""
     host, port = server.host_port
-    data = inputs.png(16, 16)
+    data = png(16, 16)
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(head("POST", "/encode", host, png_headers(len(data))))
         for start in range(0, len(data), 200):

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from model import VQModel
+from tests.images import png
 
 from . import inputs
 from .conftest import Server, serve_in_thread
@@ -78,7 +79,7 @@ def engine_held(server: Server, pool: ThreadPoolExecutor) -> Iterator[Future[htt
         return blocking
 
     with wrapped(live_model(server), "decode_indices", make):
-        holder = pool.submit(post, server.url, "/reconstruct", inputs.png(16, 16, seed=99))
+        holder = pool.submit(post, server.url, "/reconstruct", png(16, 16, seed=99))
         assert entered.wait(timeout=30), "the holding request never reached the engine"
         try:
             yield holder
@@ -118,7 +119,7 @@ def test_engine_error_fails_only_its_batch_and_the_next_batch_succeeds(server: S
     with ThreadPoolExecutor(8) as pool, wrapped(live_model(server), "encode", make):
         depth = server.metric("vqserve_queue_depth")
         with engine_held(server, pool) as holder:
-            encodes = [pool.submit(post, server.url, "/encode", inputs.png(16, 16, seed=i)) for i in range(3)]
+            encodes = [pool.submit(post, server.url, "/encode", png(16, 16, seed=i)) for i in range(3)]
             decodes = [pool.submit(post, server.url, "/decode", decode_body(i), json_type) for i in range(2)]
             server.wait_metric("vqserve_queue_depth", depth + 5)
             fault["armed"] = True
@@ -134,12 +135,12 @@ def test_engine_error_fails_only_its_batch_and_the_next_batch_succeeds(server: S
     assert [r.status_code for r in served] == [200, 200]
     assert server.metric("vqserve_request_failures_total", reason="batch_failed") == failures_before + 3
     # and the next encode batch succeeds on the same engine
-    assert post(server.url, "/encode", inputs.png(16, 16)).status_code == 200
+    assert post(server.url, "/encode", png(16, 16)).status_code == 200
     assert server.metric("vqserve_queue_depth") == depth
 
 
 def test_cuda_out_of_memory_splits_the_batch_and_retries_smaller(server: Server) -> None:
-    images = [inputs.png(16, 16, seed=i) for i in range(8)]
+    images = [png(16, 16, seed=i) for i in range(8)]
     body, ctype = inputs.multipart(images)
     expected = post(server.url, "/encode", body, {"content-type": ctype}).json()  # unpatched answer
     seen: list[int] = []
@@ -170,19 +171,19 @@ def test_out_of_memory_on_a_single_image_fails_that_batch_only(server: Server) -
         return no_gpu
 
     with wrapped(live_model(server), "encode", make):
-        reply = post(server.url, "/encode", inputs.png(16, 16))
+        reply = post(server.url, "/encode", png(16, 16))
     assert reply.status_code == 500
     assert reply.json()["error"]["code"] == "batch_failed"
     assert "OutOfMemoryError" in reply.json()["error"]["message"]
     assert server.metric("vqserve_request_failures_total", reason="batch_failed") == before + 1
-    assert post(server.url, "/encode", inputs.png(16, 16)).status_code == 200
+    assert post(server.url, "/encode", png(16, 16)).status_code == 200
 
 
 def test_client_that_disconnects_is_not_computed(server: Server) -> None:
     closed_before = server.metric("vqserve_request_failures_total", reason="client_closed_request")
     recorder = Recorder()
     host, port = server.host_port
-    data = inputs.png(16, 16)
+    data = png(16, 16)
     with ThreadPoolExecutor(2) as pool, wrapped(live_model(server), "encode", recorder):
         depth = server.metric("vqserve_queue_depth")
         with engine_held(server, pool):
@@ -205,14 +206,14 @@ def test_deadline_passed_in_the_queue_gives_504_and_no_compute(tiny_checkpoint: 
         recorder = Recorder()
         with wrapped(live_model(server), "encode", recorder):
             with engine_held(server, pool):
-                queued = pool.submit(post, server.url, "/encode", inputs.png(16, 16))
+                queued = pool.submit(post, server.url, "/encode", png(16, 16))
                 started = time.monotonic()
                 reply = queued.result(timeout=30)
                 waited = time.monotonic() - started
                 assert recorder.sizes == [1]  # the holder's encode only
             # the engine is free again; a follow-up runs after anything still queued, so had the expired item
             # stayed queued it would have been computed before it
-            assert post(server.url, "/encode", inputs.png(16, 16)).status_code == 200
+            assert post(server.url, "/encode", png(16, 16)).status_code == 200
             assert recorder.sizes == [1, 1]
         assert reply.status_code == 504
         assert reply.json()["error"]["code"] == "deadline_exceeded"

@@ -24,6 +24,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
+from tests.images import image_bytes, png
 from tests.servers import parse_metric
 from tests.service.conftest import make_checkpoint
 
@@ -69,14 +70,14 @@ BAD_IMAGES: list[tuple[str, bytes, int, str]] = [
     ("text-as-image", b"hello, I am not an image", 400, "invalid_image"),
     ("header-bomb-100000x100000", inputs.png_with_header(100_000, 100_000), 413, "image_too_large"),
     ("zlib-bomb-6000x6000", inputs.zlib_bomb_png(6000), 413, "image_too_large"),
-    ("over-max-pixels-600x600", inputs.save(Image.new("RGB", (600, 600))), 413, "image_too_large"),
+    ("over-max-pixels-600x600", image_bytes(Image.new("RGB", (600, 600))), 413, "image_too_large"),
     ("zero-width-header", inputs.png_with_header(0, 10), 400, "invalid_image"),
     ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 400, "invalid_image"),
 ]
 ODD_IMAGES: list[tuple[str, bytes]] = [
-    ("1x1", inputs.png(1, 1)),
-    ("1x100000", inputs.png(1, 100_000)),
-    ("100000x1", inputs.png(100_000, 1)),
+    ("1x1", png(1, 1)),
+    ("1x100000", png(1, 100_000)),
+    ("100000x1", png(100_000, 1)),
     *[(f"mode-{m}", inputs.mode_image(m)) for m in ("1", "L", "LA", "P", "P-transparent", "RGBA", "CMYK")],
     *[(f"mode-{m}", inputs.mode_image(m)) for m in ("YCbCr", "LAB", "I;16", "I", "F")],
     *[(f"animated-{f}", inputs.animated(f)) for f in ("GIF", "PNG", "WEBP")],
@@ -90,7 +91,7 @@ def image_forms(name: str, data: bytes) -> Iterator[tuple[str, bytes, str]]:
     body, ctype = inputs.multipart([data])
     yield f"{name}/multipart", body, ctype
     yield f"{name}/json", _json({"image": _b64(data)}), "application/json"
-    yield f"{name}/json-batch", _json({"images": [_b64(inputs.png()), _b64(data)]}), "application/json"
+    yield f"{name}/json-batch", _json({"images": [_b64(png()), _b64(data)]}), "application/json"
 
 
 def image_cases() -> list[Case]:
@@ -108,7 +109,7 @@ def image_cases() -> list[Case]:
 
 
 def encode_form_cases() -> list[Case]:
-    ok = inputs.png()
+    ok = png()
     many, many_type = inputs.multipart([ok] * 9)
     text_field = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nnot a file\r\n--b--\r\n'
     wrong_field, wrong_type = inputs.multipart([ok], field="picture")
@@ -329,7 +330,7 @@ def decode_cases() -> list[Case]:
         Case(
             "decode/content-type-image",
             "/decode",
-            inputs.png(),
+            png(),
             "image/png",
             415,
             "unsupported_media_type",
@@ -504,7 +505,7 @@ def test_server_healthy_after_the_catalogue(client: TestClient) -> None:
     assert _five_xx(client) == BASELINE["5xx"]
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
-    reply = client.post("/encode", content=inputs.png(16, 16), headers={"content-type": "image/png"})
+    reply = client.post("/encode", content=png(16, 16), headers={"content-type": "image/png"})
     assert reply.status_code == 200
     assert reply.json()["shape"] == [8, 8]
 
@@ -521,8 +522,8 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: 
     checkpoint = make_checkpoint(tmp_path / "one-per-group")  # block_out_channels (32, 32), 32 groups
     with TestClient(create_app(Settings(model_path=checkpoint, warmup=False, torch_threads=1))) as client:
         for path, body, ctype in (
-            ("/encode", inputs.png(1, 1), "image/png"),
-            ("/reconstruct", inputs.png(2, 1), "image/png"),
+            ("/encode", png(1, 1), "image/png"),
+            ("/reconstruct", png(2, 1), "image/png"),
             ("/decode", _json({"indices": [[3]]}), "application/json"),
             (
                 "/decode",
@@ -537,7 +538,7 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: 
         one_cell = {"shape": [1, D, 1, 1], "dtype": "float32"}
         for path, body, ctype, params, status in (
             ("/remote/decode", _f32(np.zeros((1, D, 1, 1))), "tensor/binary", one_cell, 422),
-            ("/remote/encode", inputs.png(1, 1), "image/png", {}, 422),
+            ("/remote/encode", png(1, 1), "image/png", {}, 422),
             (
                 "/v2/models/default/infer",
                 _oip([_oip_tensor("INDICES", "INT32", [1, 1, 1], [3])]),
@@ -549,5 +550,5 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: 
             reply = client.post(path, content=body, headers={"content-type": ctype}, params=params)
             assert reply.status_code == status, reply.text
             assert "latent cells" in str(reply.json()["error"])
-        wide = client.post("/encode", content=inputs.png(1, 3), headers={"content-type": "image/png"})
+        wide = client.post("/encode", content=png(1, 3), headers={"content-type": "image/png"})
         assert wide.status_code == 200

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from . import inputs
+from tests.images import png
+
 from .conftest import Server, serve_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -55,7 +56,7 @@ async def offer_load(server: Server, bodies: list[bytes], seconds: float) -> lis
 def test_overload_sheds_with_429_and_stays_flat(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # one 128x128 image per batch on one torch thread: the engine serves a few dozen a second at most
     flags = ("--max-queue", str(MAX_QUEUE), "--max-batch-size", "1", "--request-timeout-s", str(TIMEOUT_S))
-    bodies = [inputs.png(128, 128, seed=i) for i in range(8)]
+    bodies = [png(128, 128, seed=i) for i in range(8)]
     with serve_process(tiny_checkpoint, tmp_path, *flags) as server:
         # warm-up as long as the measured run: the thread pools fill up and every worker thread's allocator
         # arena
@@ -63,6 +64,7 @@ def test_overload_sheds_with_429_and_stays_flat(tiny_checkpoint: Path, tmp_path:
         asyncio.run(offer_load(server, bodies, LOAD_S))
         time.sleep(0.5)
         rss, threads, fds = server.rss_bytes(), server.threads(), server.fds()
+        overloaded = server.metric("vqserve_request_failures_total", reason="overloaded")
 
         started = time.monotonic()
         replies = asyncio.run(offer_load(server, bodies, LOAD_S))
@@ -72,6 +74,7 @@ def test_overload_sheds_with_429_and_stays_flat(tiny_checkpoint: Path, tmp_path:
         rss_after, threads_after, fds_after = server.rss_bytes(), server.threads(), server.fds()
         assert server.metric("vqserve_queue_depth") == 0
         assert server.metric("vqserve_inflight_requests") == 0
+        shed_counted = server.metric("vqserve_request_failures_total", reason="overloaded") - overloaded
 
     statuses = Counter(status for status, _, _ in replies)
     assert set(statuses) <= {200, 429}, statuses
@@ -79,6 +82,7 @@ def test_overload_sheds_with_429_and_stays_flat(tiny_checkpoint: Path, tmp_path:
     # several times capacity: what was offered is at least 3x what could be served
     assert served > 0
     assert shed >= 2 * served, statuses
+    assert shed_counted == shed  # each 429 is counted once, by reason, for the operator
     for status, latency, headers in replies:
         assert latency < TIMEOUT_S  # nothing waited out its deadline (that would have been a 504)
         if status == 429:

@@ -8,12 +8,14 @@ edges.
 Batcher: for any policy and any workload (shapes, ops, batch forms, clients that go away, batches that
 fail), admission never exceeds `max_queue` (429 beyond it), every batch holds one (op, shape) within the
 size and pixel bounds, every live item gets exactly its own result or its own batch's failure, abandoned
-items are never computed, nothing is computed twice, and the queue ends empty."""
+items are never computed, nothing is computed twice, and the queue ends empty. A wakeup reads only the queues
+that can hold a dead item, yet drops exactly what a scan of every queue would."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -26,12 +28,11 @@ from PIL import Image
 from service import codecs
 from service.batching import Batcher, BatchPolicy, Item
 from service.errors import ServiceError
-
-from . import inputs
+from tests.images import noise, png
 
 pytestmark = pytest.mark.timeout(120)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-VALID_PNG = inputs.png(12, 10, seed=3)
+VALID_PNG = png(12, 10, seed=3)
 
 
 def decodes_or_refuses(data: bytes, channels: int = 3) -> None:
@@ -78,7 +79,7 @@ def test_damaged_pngs_decode_or_are_refused(cut: int, flips: list[tuple[int, int
 @SETTINGS
 @given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]), st.integers(0, 2**32 - 1))
 def test_png_round_trip_is_exact(height: int, width: int, channels: int, seed: int) -> None:
-    arr = inputs.noise(height, width, channels, seed)
+    arr = noise(height, width, channels, seed)
     data = codecs.write_image(arr, "png", codecs.EncodeOptions())
     assert np.array_equal(codecs.read_image(data, channels=channels, max_pixels=4096), arr)
 
@@ -86,7 +87,7 @@ def test_png_round_trip_is_exact(height: int, width: int, channels: int, seed: i
 @SETTINGS
 @given(st.integers(1, 30), st.integers(1, 30), st.sampled_from([1, 2, 4, 8, 16]))
 def test_padding_keeps_the_image_and_replicates_edges(height: int, width: int, factor: int) -> None:
-    arr = inputs.noise(height, width, 3)
+    arr = noise(height, width, 3)
     padded = codecs.pad_to_multiple(arr, factor)
     assert padded.shape[0] % factor == 0
     assert padded.shape[1] % factor == 0
@@ -133,7 +134,7 @@ def test_base64_round_trips_and_garbage_is_a_400(data: bytes, text: str) -> None
 
 
 def test_png_saved_with_odd_modes_round_trips_through_pillow() -> None:
-    """A sanity anchor for the generators above: the inputs module builds real files Pillow reads back."""
+    """A sanity anchor for the generators above: `tests.images` builds real files Pillow reads back."""
     with Image.open(io.BytesIO(VALID_PNG)) as im:
         assert im.size == (10, 12)
 
@@ -255,5 +256,65 @@ async def _batcher_scenario(
             assert op in ("encode", "decode_indices")
         assert batcher.pending == 0
         assert batcher.idle()
+    finally:
+        await batcher.stop()
+
+
+# one step of a worker's life: submit a request (side, item count, already past its deadline?, seconds since its
+# arrival), abandon the request at an index, dispatch one batch, or purge
+step_strategy = st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from([2, 3, 4]), st.integers(1, 3), st.booleans(), st.floats(0, 5)),
+    st.tuples(st.just("abandon"), st.integers(0, 40)),
+    st.tuples(st.just("dispatch")),
+    st.tuples(st.just("purge")),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(steps=st.lists(step_strategy, min_size=1, max_size=30), max_batch_size=st.integers(1, 4))
+def test_purge_drops_exactly_what_a_full_scan_drops(steps: list[tuple[Any, ...]], max_batch_size: int) -> None:
+    asyncio.run(_purge_scenario(steps, max_batch_size))
+
+
+async def _purge_scenario(steps: list[tuple[Any, ...]], max_batch_size: int) -> None:
+    timeout = 100.0
+    engine = RecordingEngine(set())
+    engine.gate.set()
+    batcher = Batcher({"prop": engine}, BatchPolicy(max_batch_size, 1 << 20, 0.0, 1000), timeout)
+    worker = batcher.workers["prop"]  # driven step by step here, without its task
+    tickets = []
+
+    def dead(item: Item, now: float) -> bool:
+        return item.abandoned or item.future.done() or now >= item.deadline
+
+    try:
+        for step in steps:
+            now = time.monotonic()
+            if step[0] == "submit":
+                _, side, count, expired, ago = step
+                ticket = batcher.admit("prop", arrival=now - ago - (timeout + 1 if expired else 0))
+                payloads = [torch.full((1, side, side), float(len(tickets) * 10 + k)) for k in range(count)]
+                batcher.submit(ticket, [Item("encode", p, pixels=side * side) for p in payloads])
+                tickets.append(ticket)
+            elif step[0] == "abandon" and tickets:
+                tickets[step[1] % len(tickets)].abandon()
+            elif step[0] == "dispatch":
+                if any(not dead(i, now) for queue in worker.queues.values() for i in queue):
+                    batch = await worker._next_batch()  # returns at once: nothing is still decoding
+                    assert not any(dead(i, time.monotonic()) for i in batch)  # a full scan never dispatches one
+                    await worker._compute(batch)
+            else:
+                # what a scan of every item drops (failed with 504) and keeps (in order), worked out beforehand
+                kept = {key: [i for i in queue if not dead(i, now)] for key, queue in worker.queues.items()}
+                kept = {key: items for key, items in kept.items() if items}
+                dropped = [i for queue in worker.queues.values() for i in queue if dead(i, now)]
+                worker._purge(now)
+                assert {key: list(queue) for key, queue in worker.queues.items()} == kept
+                for i in dropped:
+                    error = i.future.exception()
+                    assert isinstance(error, ServiceError)
+                    assert error.status == 504
+                    assert not i.queued
+        assert batcher.pending == sum(not t.released for t in tickets)
     finally:
         await batcher.stop()

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from service import deps
 from service.app import create_app
 from service.settings import Settings
+from tests.images import png
 
 from . import inputs
 from .conftest import serve_process
@@ -55,14 +56,14 @@ def test_keys_guard_inference_and_models_but_not_health(keyed: TestClient) -> No
     for method, path in guarded:
         for auth in (None, f"Bearer {WRONG}", f"Basic {KEYS[0]}", KEYS[0], "Bearer "):
             headers = {**PNG, **({"authorization": auth} if auth else {})}
-            reply = keyed.request(method, path, content=inputs.png(), headers=headers)
+            reply = keyed.request(method, path, content=png(), headers=headers)
             assert reply.status_code == 401, (method, path, auth, reply.status_code)
             assert WRONG not in reply.text
             assert KEYS[0] not in reply.text
     for key in KEYS:  # every configured key works
-        reply = keyed.post("/encode", content=inputs.png(), headers={**PNG, "authorization": f"Bearer {key}"})
+        reply = keyed.post("/encode", content=png(), headers={**PNG, "authorization": f"Bearer {key}"})
         assert reply.status_code == 200
-    reply = keyed.post("/encode", content=inputs.png(), headers=PNG)
+    reply = keyed.post("/encode", content=png(), headers=PNG)
     assert reply.json()["error"]["code"] == "unauthorized"
     assert reply.headers["www-authenticate"] == "Bearer"
     for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
@@ -95,7 +96,7 @@ def test_keys_never_reach_the_logs(tiny_checkpoint: Path, tmp_path: Path) -> Non
             for token in (*KEYS, WRONG):
                 for path in ("/encode", "/reconstruct", "/models"):
                     headers = {**PNG, "authorization": f"Bearer {token}", "x-request-id": "req-1"}
-                    http.post(path, content=inputs.png(), headers=headers)
+                    http.post(path, content=png(), headers=headers)
             # a key misplaced in the query string is not logged either (the access log has the path only)
             http.post("/encode", content=b"x", headers=PNG, params={"key": KEYS[1]})
             http.post(
@@ -118,7 +119,7 @@ def test_no_endpoint_opens_a_client_given_path(tiny_checkpoint: Path, tmp_path: 
     """Every parameter and body field of every operation gets the path of a real, readable image; an audit
     hook records every file the process opens meanwhile: that path is never among them."""
     canary = tmp_path / "canary.png"
-    canary.write_bytes(inputs.png())
+    canary.write_bytes(png())
     names = (str(canary), f"file://{canary}", f"../../../../{canary}", str(canary.parent))
     opened: list[str] = []
     watching = [False]
@@ -184,7 +185,7 @@ def test_cors_is_off_by_default(tiny_checkpoint: Path) -> None:
         origin = {"origin": "https://elsewhere.example"}
         preflight = client.options("/encode", headers={**origin, "access-control-request-method": "POST"})
         assert "access-control-allow-origin" not in preflight.headers
-        reply = client.post("/encode", content=inputs.png(), headers={**PNG, **origin})
+        reply = client.post("/encode", content=png(), headers={**PNG, **origin})
         assert reply.status_code == 200
         assert "access-control-allow-origin" not in reply.headers
 
@@ -203,7 +204,7 @@ def test_cors_allows_only_the_configured_origins(tiny_checkpoint: Path) -> None:
         )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == allowed
-        reply = client.post("/encode", content=inputs.png(), headers={**PNG, "origin": allowed})
+        reply = client.post("/encode", content=png(), headers={**PNG, "origin": allowed})
         assert reply.headers["access-control-allow-origin"] == allowed
         assert "x-request-id" in reply.headers["access-control-expose-headers"]
         # refusals carry the CORS headers too, so a browser page can read the JSON error
@@ -215,7 +216,7 @@ def test_cors_allows_only_the_configured_origins(tiny_checkpoint: Path) -> None:
         )
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
         evil = {**PNG, "origin": "https://evil.example"}
-        reply = client.post("/encode", content=inputs.png(), headers=evil)
+        reply = client.post("/encode", content=png(), headers=evil)
         assert "access-control-allow-origin" not in reply.headers
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from . import inputs
-from .conftest import Server, serve_process
+from tests.images import png
+from tests.servers import hold_engine
+
+from .conftest import serve_process
 
 pytestmark = pytest.mark.timeout(120)
 PNG = {"content-type": "image/png"}
@@ -33,19 +35,6 @@ class Outcome:
     request_id: str = ""
 
 
-def hold_engine(server: Server, pool: ThreadPoolExecutor, side: int) -> None:
-    """Start one slow reconstruct and return once its batch is computing."""
-    before = server.metric("vqserve_batch_size_count", op="reconstruct")
-    pool.submit(
-        httpx.post,
-        f"{server.url}/reconstruct",
-        content=inputs.png(side, side, seed=7),
-        headers=PNG,
-        timeout=60,
-    )
-    server.wait_metric("vqserve_batch_size_count", before + 1, op="reconstruct")
-
-
 def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
     flags = ("--shutdown-delay-s", str(DELAY_S), "--graceful-timeout-s", str(GRACE_S), "--max-queue", "256")
     outcomes: list[Outcome] = []
@@ -60,7 +49,7 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
                 try:
                     reply = http.post(
                         "/encode",
-                        content=inputs.png(32, 32, seed=k * 1000 + n),
+                        content=png(32, 32, seed=k * 1000 + n),
                         headers={**PNG, "x-request-id": rid},
                     )
                 except httpx.ConnectError:
@@ -77,7 +66,7 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
     with serve_process(tiny_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(8) as pool:
         clients = [pool.submit(client, k) for k in range(6)]
         time.sleep(1.0)  # steady load
-        hold_engine(server, pool, 320)  # so that work is queued behind the engine at the signal
+        hold_engine(server, pool)  # so that work is queued behind the engine at the signal
         server.wait_metric("vqserve_queue_depth", 1)
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
@@ -130,12 +119,12 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
 def test_second_signal_exits_at_once(tiny_checkpoint: Path, tmp_path: Path) -> None:
     flags = ("--graceful-timeout-s", "60", "--shutdown-delay-s", "5")
     with serve_process(tiny_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(4) as pool:
-        hold_engine(server, pool, 640)  # several seconds of compute
+        hold_engine(server, pool, side=640)  # several seconds of compute
         for i in range(3):
             pool.submit(
                 httpx.post,
                 f"{server.url}/encode",
-                content=inputs.png(16, 16, seed=i),
+                content=png(16, 16, seed=i),
                 headers=PNG,
                 timeout=60,
             )

@@ -21,6 +21,8 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.images import png
+
 from . import inputs
 from .conftest import Server, serve_process
 
@@ -30,8 +32,8 @@ THREAD_SLACK = 4  # the thread pools grow on demand and reap idle threads (see t
 
 def request_mix() -> list[tuple[str, str, dict[str, Any], int]]:
     """(method, path, httpx keyword arguments, expected status): one of each kind the service answers."""
-    ok = inputs.png(24, 32, seed=1)
-    multipart, multipart_type = inputs.multipart([inputs.png(16, 16, seed=s) for s in range(3)])
+    ok = png(24, 32, seed=1)
+    multipart, multipart_type = inputs.multipart([png(16, 16, seed=s) for s in range(3)])
     indices = np.random.default_rng(0).integers(0, 64, (8, 8)).tolist()
     latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype("<f4").tobytes()
     png_type, json_type = {"content-type": "image/png"}, {"content-type": "application/json"}

@@ -1,15 +1,12 @@
-"""Shared fixtures: a tiny random-weight checkpoint on disk, images as file bytes, and a served app."""
+"""Shared fixtures: a tiny random-weight checkpoint on disk and a served app (test images: `tests/images.py`)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from model import VQModel
 from service.app import create_app
@@ -42,28 +39,6 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gray_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("gray"), seed=1, in_channels=1, out_channels=1)
-
-
-def random_image(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    arr = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(arr[:, :, 0] if channels == 1 else arr, mode)
-
-
-def image_bytes(image: Image.Image, fmt: str = "PNG", **save_args: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **save_args)
-    return buf.getvalue()
-
-
-def png(height: int = 24, width: int = 32, seed: int = 0, mode: str = "RGB") -> bytes:
-    return image_bytes(random_image(height, width, mode, seed))
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from service.app import create_app
 from service.codecs import to_model_input
 from service.engine import ModelLoadError
 from service.settings import Settings
+from tests.images import decode_png, image_bytes, png, random_image
 from tests.servers import parse_metric
-
-from .conftest import decode_png, image_bytes, png, random_image
 
 pytestmark = pytest.mark.timeout(60)
 PNG = {"content-type": "image/png"}

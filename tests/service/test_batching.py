@@ -236,3 +236,102 @@ def test_slot_only_tickets_do_not_hold_batches_back() -> None:
         assert batcher.workers["fake"].announced == 0
 
     run(body, max_wait_s=2.0)
+
+
+async def next_batch_started(engine: FakeEngine, count: int) -> None:
+    """Wait until the engine has been given its `count`-th batch."""
+
+    async def started() -> None:
+        while len(engine.batches) < count:
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(started(), 2)
+
+
+def release_and_hold_the_next(engine: FakeEngine) -> asyncio.Event:
+    """Let the batch at the gate finish, and hold the next one at a new gate (returned)."""
+    held, engine.gate = engine.gate, asyncio.Event()
+    assert held is not None
+    held.set()
+    return engine.gate
+
+
+def test_abandoned_request_in_another_queue_is_dropped_at_the_next_wakeup() -> None:
+    """Not only the queue being dispatched is purged: the abandoned item goes while the next batch computes."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        _, (next_up,) = submit(batcher, item(1))  # the oldest head: dispatched next
+        gone, (dropped,) = submit(batcher, item(2, side=3))
+        gone.abandon()
+        gate = release_and_hold_the_next(engine)
+        await first
+        await next_batch_started(engine, 2)
+        assert dropped.done()
+        with pytest.raises(ServiceError) as info:
+            dropped.result()
+        assert info.value.status == 504
+        assert list(batcher.workers["fake"].queues) == []
+        gate.set()
+        assert await next_up == 10
+        assert engine.batches == [[0], [1]]
+
+    run(body)
+
+
+def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
+    """An item admitted earlier but submitted later sits behind a younger head: its deadline still counts."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        now = time.monotonic()
+
+        def submit_arrived(ago: float, payload: Item) -> asyncio.Future[Any]:
+            ticket = batcher.admit("fake", arrival=now - ago)
+            return batcher.submit(ticket, [payload])[0]
+
+        young = submit_arrived(0.5, item(3, side=3))
+        expired = submit_arrived(11.0, item(4, side=3))  # past its 10 s deadline, behind `young`
+        next_up = submit_arrived(1.0, item(5))  # older than `young`: its queue goes first
+        gate = release_and_hold_the_next(engine)
+        await first
+        await next_batch_started(engine, 2)
+        assert engine.batches[1] == [5]
+        assert expired.done()
+        with pytest.raises(ServiceError) as info:
+            expired.result()
+        assert info.value.status == 504
+        assert not young.done()
+        gate.set()
+        assert await asyncio.gather(next_up, young) == [50, 30]
+        assert [4] not in engine.batches
+
+    run(body)
+
+
+def test_a_wakeup_reads_only_the_queues_that_can_hold_dead_items() -> None:
+    """The event loop's work per wakeup does not grow with what is queued: a queue of live items is not read."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        worker = batcher.workers["fake"]
+        read: list[Any] = []
+        purge_queue = worker._purge_queue
+
+        def recording(key: Any, now: float) -> None:
+            read.append(key)
+            purge_queue(key, now)
+
+        worker._purge_queue = recording  # type: ignore[method-assign]
+        first = await busy(batcher, engine)
+        live = [submit(batcher, item(i))[1][0] for i in range(1, 40)]
+        gone, (dropped,) = submit(batcher, item(99, side=3))
+        gone.abandon()
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.gather(first, *live)
+        with pytest.raises(ServiceError):
+            await dropped
+        assert len(engine.batches) == 4  # 39 items in batches of 16: three wakeups found work
+        assert read == [gone.items[0].key]  # the marked queue, once; the 39 live items were never scanned
+
+    run(body)

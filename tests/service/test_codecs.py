@@ -12,8 +12,7 @@ from PIL import Image
 
 from service import codecs
 from service.errors import ServiceError
-
-from .conftest import image_bytes, random_image
+from tests.images import image_bytes, random_image
 
 BIG = 1 << 30
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.images import image_bytes
 from tests.servers import serving
-from tests.service.conftest import image_bytes, make_checkpoint
+from tests.service.conftest import make_checkpoint
 
 pytestmark = pytest.mark.timeout(240)
 
