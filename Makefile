@@ -46,10 +46,11 @@ train-data: $(OPENCV_PHOTOS)
 
 train: $(STAMP) $(OPENCV_PHOTOS)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m model.train --preset default --out model/weights/default
+	$(BIN)/python -m model.training.card grid model/weights/default
 
 train-digits: $(STAMP)
 	$(BIN)/python -m model.train --preset digits --out model/weights/digits --threads 1
-	$(BIN)/python -m model.training.card digits-grid model/weights/digits
+	$(BIN)/python -m model.training.card grid model/weights/digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
-"""Figures for the model cards: the digits grid PNG, CPU reconstruct timing, and held-out evaluation.
+"""Figures for the model cards: a reconstructions grid PNG, CPU reconstruct timing, and held-out evaluation.
 
-`python -m model.training.card digits-grid model/weights/digits` writes `reconstructions.png` there;
+`python -m model.training.card grid model/weights/digits` writes `reconstructions.png` there (inputs,
+reconstructions and code maps of held-out images);
 `python -m model.training.card report model/weights/default` prints evaluation and CPU timing as JSON.
 Timings use `--threads` torch threads (2 mirrors the 2-core serving target).
 """
@@ -31,9 +32,9 @@ def code_colours(num_codes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def digits_grid(model: VQModel, images: torch.Tensor, scale: int = 4) -> Image.Image:
-    """Rows: inputs, reconstructions, code maps (each code a colour, its index printed nowhere). (N,1,28,28) in."""
-    _, indices = model.quantize(model.encode(images))  # (N, 7, 7)
+def reconstruction_grid(model: VQModel, images: torch.Tensor, scale: int = 1) -> Image.Image:
+    """Rows: inputs, reconstructions from the codes alone, code maps (one colour per code). (N, C, S, S) in."""
+    _, indices = model.quantize(model.encode(images))  # (N, S/f, S/f)
     recon = model.decode_indices(indices)
     palette = code_colours(model.codebook_size)
     size = images.shape[-1]
@@ -43,10 +44,10 @@ def digits_grid(model: VQModel, images: torch.Tensor, scale: int = 4) -> Image.I
     for i in range(n):
         x0 = pad + i * (size + pad)
         for row, tile in enumerate((images[i], recon[i])):
-            gray = to_uint8(tile[0]).numpy().astype(np.uint8)
+            pixels = to_uint8(tile).permute(1, 2, 0).numpy().astype(np.uint8)  # (S, S, C), C = 1 or 3
             y0 = pad + row * (size + pad)
-            canvas[y0 : y0 + size, x0 : x0 + size] = gray[..., None]
-        codes = palette[indices[i].numpy()]  # (7, 7, 3)
+            canvas[y0 : y0 + size, x0 : x0 + size] = pixels
+        codes = palette[indices[i].numpy()]  # (S/f, S/f, 3)
         block = size // indices.shape[-1]
         y0 = pad + 2 * (size + pad)
         canvas[y0 : y0 + size, x0 : x0 + size] = codes.repeat(block, 0).repeat(block, 1)
@@ -90,15 +91,19 @@ def report(path: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m model.training.card")
-    parser.add_argument("what", choices=["digits-grid", "report"])
+    parser.add_argument("what", choices=["grid", "report"])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.what == "digits-grid":
+    if args.what == "grid":
         model = VQModel.from_pretrained(args.checkpoint)
-        _, held_out = data.digits(1)
-        digits_grid(model, held_out[:10]).save(args.checkpoint / "reconstructions.png", optimize=True)
+        if model.config.in_channels == 1:
+            images, scale = data.digits(1)[1][:10], 4
+        else:
+            _, tiles = data.eval_photos(model.config.in_channels, 256)
+            images, scale = tiles[[1, 4, 7, 10]], 1  # two crops of each held-out photo
+        reconstruction_grid(model, images, scale).save(args.checkpoint / "reconstructions.png", optimize=True)
     else:
         print(json.dumps(report(args.checkpoint), indent=2))  # noqa: T201
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import VQModel as DiffusersVQModel
 
 from model import VQModel
-from model.training import data
-from model.training.evaluate import evaluate
+from model.training import card, data
+from model.training.evaluate import evaluate, to_uint8
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 # Floors a little under the measured held-out PSNR (see model/weights/README.md).
@@ -79,3 +80,16 @@ def test_held_out_psnr_stays_above_the_floor(name: str) -> None:
     assert result["psnr_mean"] >= PSNR_FLOOR[name], result
     # the evaluation is deterministic: it reproduces the figure training recorded
     assert result["psnr_mean"] == pytest.approx(recorded["psnr_mean"], abs=0.05)
+
+
+def test_card_grid_rows_are_inputs_reconstructions_and_code_maps() -> None:
+    model = VQModel.from_pretrained(WEIGHTS / "default")
+    _, tiles = data.eval_photos(3, 256)
+    grid = np.asarray(card.reconstruction_grid(model, tiles[:2]))
+    assert grid.shape == (3 * 258 + 2, 2 * 258 + 2, 3)
+    first_input = to_uint8(tiles[0]).permute(1, 2, 0).numpy().astype(np.uint8)
+    assert np.array_equal(grid[2:258, 2:258], first_input)
+    reconstruction = grid[260:516, 2:258].astype(float)
+    assert 0 < np.abs(reconstruction - first_input).mean() < 20  # close to the input, not a copy of it
+    code_map = grid[518:774, 2:258]
+    assert np.array_equal(code_map[::4, ::4], code_map[3::4, 3::4])  # one colour per 4x4 cell (f = 4)
