@@ -59,3 +59,19 @@ def test_gpu_script_on_gpu(tiny_checkpoint: Path) -> None:
     result = run_gpu_script(tiny_checkpoint, "--sizes", "256", "--batch", "4", "--iters", "3")
     assert result["device"] != "cpu (smoke mode)"
     assert result["rows"][0]["ours_images_per_s"] > 0
+
+
+def test_linear_baseline_brackets_the_rate(tiny_checkpoint: Path) -> None:
+    from bench.linear_baseline import from_patches, to_patches
+
+    images = torch.rand(2, 3, 8, 12)
+    assert torch.equal(from_patches(to_patches(images, 4), images.shape, 4), images)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.linear_baseline", "--checkpoint", str(tiny_checkpoint), "--crops", "8",
+         "--iterations", "3", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    # quantizing the linear code to 64 values can only lose detail, and both beat a blank image by far
+    assert 15 < result["pca_kmeans_psnr"] < result["pca_continuous_psnr"] < 99
+    assert result["rate"] == "one of 64 codes per 2x2 patch (6 bits)"
