@@ -37,7 +37,7 @@ bench: $(STAMP)
 OPENCV_PHOTOS := runs/data/opencv-doc
 $(OPENCV_PHOTOS):
 	rm -rf runs/data/deb && mkdir -p runs/data/deb
-	cd runs/data/deb && apt-get download opencv-doc
+	cd runs/data/deb && (apt-get download opencv-doc || (apt-get update -qq && apt-get download opencv-doc))
 	dpkg-deb -x runs/data/deb/opencv-doc_*.deb runs/data/deb/root
 	mv runs/data/deb/root/usr/share/doc/opencv-doc/examples/data $(OPENCV_PHOTOS)
 	rm -rf runs/data/deb
