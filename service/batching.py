@@ -5,10 +5,8 @@ inputs, then `submit` one `Item` per image and await the futures. One worker tas
 oldest item is oldest and forms a batch of up to `max_batch_size` items and `max_batch_pixels` pixels. The batch
 goes to the engine as soon as the engine is idle, unless other admitted requests for that model are still being
 decoded: then it waits for them up to `max_wait_ms` counted from the oldest item's arrival. Expired items (504)
-and items whose client went away are dropped before compute, at the worker's next wakeup; a wakeup reads only the
-queues that can hold such an item (one an abandoned ticket marked, or one whose earliest deadline passed), so the
-event loop's work per wakeup does not grow with everything queued. A failing batch fails only its own items (500)
-and the worker carries on. This module never touches the model; the engine never sees a request.
+and items whose client went away are dropped before compute. A failing batch fails only its own items (500) and
+the worker carries on. This module never touches the model; the engine never sees a request.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -48,8 +45,7 @@ class BatchPolicy:
 
 @dataclass(eq=False)
 class Item:
-    """One image (or one index map / latent) waiting for compute. Drop it through `Ticket.abandon`, which tells
-    the worker which queue to purge."""
+    """One image (or one index map / latent) waiting for compute."""
 
     op: str
     payload: torch.Tensor
@@ -60,7 +56,6 @@ class Item:
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     ticket: Ticket | None = None
     abandoned: bool = False  # the client went away or its deadline passed: never compute it
-    queued: bool = False  # in a worker's queue: put, not yet taken for a batch or purged
     batch_size: int = 0  # the size of the batch it was computed in (for the access log)
 
     @property
@@ -103,15 +98,7 @@ class Ticket:
         """The client is gone or the deadline passed: drop what has not been computed."""
         for item in self.items:
             item.abandoned = True
-            if item.queued:
-                self.worker.to_purge.add(item.key)
         self.release()
-
-
-class ItemQueue(deque[Item]):
-    """The items of one (op, shape, dtype, params), in submission order."""
-
-    soonest = math.inf  # a lower bound on the items' deadlines (taking a batch leaves it low; a purge sets it)
 
 
 class ModelWorker:
@@ -120,8 +107,7 @@ class ModelWorker:
     def __init__(self, batcher: Batcher, engine: BatchEngine) -> None:
         self.batcher = batcher
         self.engine = engine
-        self.queues: dict[Hashable, ItemQueue] = {}
-        self.to_purge: set[Hashable] = set()  # keys of queues holding an abandoned item
+        self.queues: dict[Hashable, deque[Item]] = {}
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -130,10 +116,7 @@ class ModelWorker:
 
     def put(self, items: list[Item]) -> None:
         for item in items:
-            queue = self.queues.setdefault(item.key, ItemQueue())
-            queue.append(item)
-            queue.soonest = min(queue.soonest, item.deadline)
-            item.queued = True
+            self.queues.setdefault(item.key, deque()).append(item)
             metrics.QUEUE_DEPTH.labels(self.engine.name, item.op).inc()
         self.wakeup.set()
 
@@ -143,35 +126,26 @@ class ModelWorker:
             await self._compute(batch)
 
     # batch policy
-    def _purge(self, now: float) -> None:
-        """Fail and drop the queued items of abandoned tickets and those past their deadline at `now`.
-
-        Only the queues that can hold one are read: those `Ticket.abandon` marked and those whose earliest
-        deadline has passed; the others cost one comparison each, as in `_candidate`. (An item whose future was
-        settled some other way goes when its queue is next read, at the latest when it is taken for a batch.)"""
-        marked, self.to_purge = self.to_purge, set()
-        for key in [k for k, queue in self.queues.items() if k in marked or queue.soonest <= now]:
-            self._purge_queue(key, now)
-
-    def _purge_queue(self, key: Hashable, now: float) -> None:
-        kept = ItemQueue()
-        for item in self.queues[key]:
-            if item.abandoned or item.future.done():
-                self._dequeued(item)
-                item.fail(ServiceError("deadline_exceeded", "request dropped before compute"))
-            elif now >= item.deadline:
-                self._dequeued(item)
-                item.fail(ServiceError("deadline_exceeded", "the request deadline passed before compute"))
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for key in list(self.queues):
+            queue = self.queues[key]
+            kept: deque[Item] = deque()
+            for item in queue:
+                if item.abandoned or item.future.done():
+                    self._dequeued(item)
+                    item.fail(ServiceError("deadline_exceeded", "request dropped before compute"))
+                elif now >= item.deadline:
+                    self._dequeued(item)
+                    item.fail(ServiceError("deadline_exceeded", "the request deadline passed before compute"))
+                else:
+                    kept.append(item)
+            if kept:
+                self.queues[key] = kept
             else:
-                kept.append(item)
-                kept.soonest = min(kept.soonest, item.deadline)
-        if kept:
-            self.queues[key] = kept
-        else:
-            del self.queues[key]
+                del self.queues[key]
 
     def _dequeued(self, item: Item) -> None:
-        item.queued = False
         metrics.QUEUE_DEPTH.labels(self.engine.name, item.op).dec()
         if item.ticket is not None:
             item.ticket.started(item)
@@ -191,7 +165,7 @@ class ModelWorker:
     async def _next_batch(self) -> list[Item]:
         policy = self.batcher.policy
         while True:
-            self._purge(time.monotonic())
+            self._purge()
             if not self.queues:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -323,4 +297,3 @@ class Batcher:
                     metrics.QUEUE_DEPTH.labels(worker.engine.name, item.op).dec()
                     item.fail(ServiceError("shutting_down", "the server shut down before compute"))
             worker.queues.clear()
-            worker.to_purge.clear()

@@ -8,14 +8,12 @@ edges.
 Batcher: for any policy and any workload (shapes, ops, batch forms, clients that go away, batches that
 fail), admission never exceeds `max_queue` (429 beyond it), every batch holds one (op, shape) within the
 size and pixel bounds, every live item gets exactly its own result or its own batch's failure, abandoned
-items are never computed, nothing is computed twice, and the queue ends empty. A wakeup reads only the queues
-that can hold a dead item, yet drops exactly what a scan of every queue would."""
+items are never computed, nothing is computed twice, and the queue ends empty."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import time
 from typing import Any
 
 import numpy as np
@@ -259,62 +257,3 @@ async def _batcher_scenario(
     finally:
         await batcher.stop()
 
-
-# one step of a worker's life: submit a request (side, item count, already past its deadline?, seconds since its
-# arrival), abandon the request at an index, dispatch one batch, or purge
-step_strategy = st.one_of(
-    st.tuples(st.just("submit"), st.sampled_from([2, 3, 4]), st.integers(1, 3), st.booleans(), st.floats(0, 5)),
-    st.tuples(st.just("abandon"), st.integers(0, 40)),
-    st.tuples(st.just("dispatch")),
-    st.tuples(st.just("purge")),
-)
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(steps=st.lists(step_strategy, min_size=1, max_size=30), max_batch_size=st.integers(1, 4))
-def test_purge_drops_exactly_what_a_full_scan_drops(steps: list[tuple[Any, ...]], max_batch_size: int) -> None:
-    asyncio.run(_purge_scenario(steps, max_batch_size))
-
-
-async def _purge_scenario(steps: list[tuple[Any, ...]], max_batch_size: int) -> None:
-    timeout = 100.0
-    engine = RecordingEngine(set())
-    engine.gate.set()
-    batcher = Batcher({"prop": engine}, BatchPolicy(max_batch_size, 1 << 20, 0.0, 1000), timeout)
-    worker = batcher.workers["prop"]  # driven step by step here, without its task
-    tickets = []
-
-    def dead(item: Item, now: float) -> bool:
-        return item.abandoned or item.future.done() or now >= item.deadline
-
-    try:
-        for step in steps:
-            now = time.monotonic()
-            if step[0] == "submit":
-                _, side, count, expired, ago = step
-                ticket = batcher.admit("prop", arrival=now - ago - (timeout + 1 if expired else 0))
-                payloads = [torch.full((1, side, side), float(len(tickets) * 10 + k)) for k in range(count)]
-                batcher.submit(ticket, [Item("encode", p, pixels=side * side) for p in payloads])
-                tickets.append(ticket)
-            elif step[0] == "abandon" and tickets:
-                tickets[step[1] % len(tickets)].abandon()
-            elif step[0] == "dispatch":
-                if any(not dead(i, now) for queue in worker.queues.values() for i in queue):
-                    batch = await worker._next_batch()  # returns at once: nothing is still decoding
-                    assert not any(dead(i, time.monotonic()) for i in batch)  # a full scan never dispatches one
-                    await worker._compute(batch)
-            else:
-                # what a scan of every item drops (failed with 504) and keeps (in order), worked out beforehand
-                kept = {key: [i for i in queue if not dead(i, now)] for key, queue in worker.queues.items()}
-                kept = {key: items for key, items in kept.items() if items}
-                dropped = [i for queue in worker.queues.values() for i in queue if dead(i, now)]
-                worker._purge(now)
-                assert {key: list(queue) for key, queue in worker.queues.items()} == kept
-                for i in dropped:
-                    error = i.future.exception()
-                    assert isinstance(error, ServiceError)
-                    assert error.status == 504
-                    assert not i.queued
-        assert batcher.pending == sum(not t.released for t in tickets)
-    finally:
-        await batcher.stop()

@@ -308,30 +308,3 @@ def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
 
     run(body)
 
-
-def test_a_wakeup_reads_only_the_queues_that_can_hold_dead_items() -> None:
-    """The event loop's work per wakeup does not grow with what is queued: a queue of live items is not read."""
-
-    async def body(batcher: Batcher, engine: FakeEngine) -> None:
-        worker = batcher.workers["fake"]
-        read: list[Any] = []
-        purge_queue = worker._purge_queue
-
-        def recording(key: Any, now: float) -> None:
-            read.append(key)
-            purge_queue(key, now)
-
-        worker._purge_queue = recording  # type: ignore[method-assign]
-        first = await busy(batcher, engine)
-        live = [submit(batcher, item(i))[1][0] for i in range(1, 40)]
-        gone, (dropped,) = submit(batcher, item(99, side=3))
-        gone.abandon()
-        assert engine.gate is not None
-        engine.gate.set()
-        await asyncio.gather(first, *live)
-        with pytest.raises(ServiceError):
-            await dropped
-        assert len(engine.batches) == 4  # 39 items in batches of 16: three wakeups found work
-        assert read == [gone.items[0].key]  # the marked queue, once; the 39 live items were never scanned
-
-    run(body)
