@@ -32,6 +32,7 @@ test: lint unit
 bench: $(STAMP)
 	$(BIN)/python -m bench.model_vs_diffusers
 	$(BIN)/python -m bench.service_vs_peers --curves
+	$(BIN)/python -m bench.linear_baseline --checkpoint model/weights/default
 
 # OpenCV's sample photos (Debian's opencv-doc package): more real colour photos for the default model
 OPENCV_PHOTOS := runs/data/opencv-doc
