@@ -256,4 +256,3 @@ async def _batcher_scenario(
         assert batcher.idle()
     finally:
         await batcher.stop()
-

@@ -307,4 +307,3 @@ def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
         assert [4] not in engine.batches
 
     run(body)
-
