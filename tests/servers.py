@@ -17,11 +17,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import png
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SIDE = 320  # a reconstruct of this size keeps a tiny test model busy for seconds on one torch thread
@@ -83,13 +87,55 @@ def hold_engine(
 
 @dataclass
 class Server(ServesMetrics):
+    """A served app reachable at `url`: a `python -m service` subprocess (`process`, `log`) or an app served on a
+    thread of the test process (`app`), for tests that reach into the live engine."""
+
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
     checkpoint: Path | None = None
+    app: FastAPI | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").split(":")
+        return host, int(port)
 
     def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return self.log.read_text() if self.log is not None and self.log.exists() else ""
+
+    # what the OS says about the server process
+    def _proc(self) -> Path:
+        assert self.process is not None, "process figures need a subprocess server"
+        return Path(f"/proc/{self.process.pid}")
+
+    def rss_bytes(self) -> int:
+        for line in (self._proc() / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def threads(self) -> int:
+        return len(list((self._proc() / "task").iterdir()))
+
+    def fds(self) -> int:
+        return len(list((self._proc() / "fd").iterdir()))
+
+
+def wait_ready(server: Server, timeout_s: float = 90.0) -> None:
+    """Return once /readyz answers 200; fail with the server's log if its process exits or time runs out."""
+    end = time.monotonic() + timeout_s
+    while True:
+        if server.process is not None and server.process.poll() is not None:
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log_text()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"server not ready in {timeout_s:.0f} s:\n{server.log_text()[-4000:]}")
+        time.sleep(0.1)
 
 
 def start_server(
@@ -106,23 +152,17 @@ def start_server(
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log, checkpoint)
-    end = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > end:
-            stop_server(server)
-            raise AssertionError(f"server not ready in {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.1)
+    try:
+        wait_ready(server, timeout_s)
+    except AssertionError:
+        stop_server(server)
+        raise
+    return server
 
 
 def stop_server(server: Server, timeout_s: float = 30.0) -> None:
     """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
+    assert server.process is not None, "only a subprocess server is stopped by signal"
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
     try:
