@@ -1,0 +1,68 @@
+"""Remake `docs/web-page.png`, the README's picture of the web page, with the shipped default model.
+
+`python -m docs.screenshot` serves the shipped checkpoints on 127.0.0.1 (a real `python -m service`), opens the
+page in Debian's Chromium through Playwright, reconstructs the astronaut sample, paints a band of one code and
+hovers a cell of the code map, then saves the results card. Run it again whenever the default checkpoint or the
+page changes, so that the picture shows what a user gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from tests.servers import serving
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("VQSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
+READY = "() => document.querySelectorAll('#model option').length >= 2 && document.body.dataset.state === 'ready'"
+DECODED = "(n) => document.getElementById('edited').dataset.decodes === n && document.body.dataset.state === 'ready'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "web-page.png")
+    parser.add_argument("--code", type=int, default=1234, help="the code painted as a band")
+    args = parser.parse_args(argv)
+    weights = ROOT / "model" / "weights"
+    serve_args = ["--models", f"default={weights / 'default'},digits={weights / 'digits'}", "--no-warmup"]
+    with tempfile.TemporaryDirectory() as tmp, serving(serve_args, Path(tmp) / "server.log") as server:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+            page = browser.new_page(viewport={"width": 1100, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(server.url + "/")
+            page.wait_for_function(READY)
+            page.click("button[data-sample='samples/astronaut.png']")
+            page.wait_for_function(DECODED, arg="1")
+
+            # a band of one code across the face, painted with the 5x5 brush
+            page.check("input[name=tool][value=paint]")
+            page.select_option("#brush", "5")
+            page.fill("#code", str(args.code))
+            page.locator("#codemap").scroll_into_view_if_needed()
+            box = page.locator("#codemap").bounding_box()
+            assert box is not None
+            y = box["y"] + box["height"] * 0.3
+            page.mouse.move(box["x"] + box["width"] * 0.3, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.65, y, steps=10)
+            page.mouse.up()
+            page.wait_for_function(DECODED, arg="2")
+
+            # the hover read-out under the map
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
+            time.sleep(0.2)
+            page.locator("#results").screenshot(path=str(args.out))
+            browser.close()
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
