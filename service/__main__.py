@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import threading
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=1,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        # whole seconds for uvicorn: rounded up, so that 0.5 is a bound too (0 leaves in-flight requests unbounded)
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) or None,
         lifespan="on",
     )
     server = GracefulServer(config, app.state.services, settings.shutdown_delay_s)

@@ -109,13 +109,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def count_failure(exc: ServiceError) -> None:
+    """Count a refusal or failure of accepted work (429, 499, 5xx) in `vqserve_request_failures_total`; a route that
+    answers in another protocol's error shape (`/v2`) calls this itself."""
+    if exc.status in FAILURE_STATUSES:
+        metrics.REQUEST_FAILURES.labels(reason=exc.code).inc()
+
+
 def install_handlers(app: FastAPI) -> None:
     """Route every exception through the table."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status in FAILURE_STATUSES:
-            metrics.REQUEST_FAILURES.labels(reason=exc.code).inc()
+        count_failure(exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

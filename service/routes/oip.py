@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..deps import InferenceGuard, ServicesDep, require_api_key
 from ..engine import EncodeResult
-from ..errors import ServiceError
+from ..errors import ServiceError, count_failure
 from ..payloads import ModelFacts, check_count, check_decode_limits, decode_from_array, images_from_array
 from ..runtime import Services
 from .common import run_items
@@ -311,6 +311,7 @@ async def infer(
     except OIPError as exc:
         return _error(exc.status, exc.message)
     except ServiceError as exc:
+        count_failure(exc)
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
     if head_length is None:
         return Response(content, media_type="application/json")

@@ -3,17 +3,22 @@ process on 127.0.0.1, so every client (ours, diffusers', tritonclient) talks to 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from model import VQModel
 from tests import servers
-from tests.servers import Server, stop_server
+from tests.servers import Server, hold_engine, stop_server
 from tests.service.conftest import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+PNG = {"content-type": "image/png"}
+KEY = {"authorization": "Bearer k-test"}
 
 
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:
@@ -47,3 +52,17 @@ def guarded_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     running = start_server(checkpoint, log, *extra)
     yield running
     stop_server(running)
+
+
+@contextmanager
+def full_queue(server: Server, image: bytes) -> Iterator[Callable[[], bool]]:
+    """The guarded server's queue of one, full on purpose: a slow reconstruct holds the engine and one encode waits
+    behind it. Yields a check that it is still full (no encode has left the queue); both finish with 200 after."""
+    with ThreadPoolExecutor(2) as pool:
+        holder = hold_engine(server, pool, headers=KEY)
+        encodes = server.metric("vqserve_batch_size_count", op="encode")
+        queued = pool.submit(httpx.post, f"{server.url}/encode", content=image, headers={**PNG, **KEY}, timeout=60)
+        server.wait_metric("vqserve_queue_depth", 1, op="encode")
+        yield lambda: server.metric("vqserve_batch_size_count", op="encode") == encodes
+        assert holder.result().status_code == 200
+        assert queued.result().status_code == 200

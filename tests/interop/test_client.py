@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,12 +18,8 @@ from PIL import Image
 from model import VQModel
 from service.client import AsyncClient, Client, VQServeError, retry_delay
 from tests.images import image_bytes, random_rgb
-from tests.servers import hold_engine
 
-from .conftest import Server
-
-PNG = {"content-type": "image/png"}
-KEY = {"authorization": "Bearer k-test"}
+from .conftest import Server, full_queue
 
 
 def ref_indices(model: VQModel, arr: np.ndarray) -> np.ndarray:
@@ -153,20 +148,6 @@ def test_api_key(guarded_server: Server) -> None:
     assert excinfo.value.status == 401
     with Client(guarded_server.url, api_key="k-test") as keyed:
         assert keyed.models()[0]["name"] == "default"
-
-
-@contextmanager
-def full_queue(server: Server, image: bytes) -> Iterator[Callable[[], bool]]:
-    """The guarded server's queue of one, full on purpose: a slow reconstruct holds the engine and one encode waits
-    behind it. Yields a check that it is still full (no encode has left the queue); both finish with 200 after."""
-    with ThreadPoolExecutor(2) as pool:
-        holder = hold_engine(server, pool, headers=KEY)
-        encodes = server.metric("vqserve_batch_size_count", op="encode")
-        queued = pool.submit(httpx.post, f"{server.url}/encode", content=image, headers={**PNG, **KEY}, timeout=60)
-        server.wait_metric("vqserve_queue_depth", 1, op="encode")
-        yield lambda: server.metric("vqserve_batch_size_count", op="encode") == encodes
-        assert holder.result().status_code == 200
-        assert queued.result().status_code == 200
 
 
 def encode_burst(server: Server, image: bytes, retries: int) -> list[int]:

@@ -14,9 +14,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import VQModel
-from tests.images import random_rgb
+from tests.images import image_bytes, random_rgb
 
-from .conftest import Server
+from .conftest import KEY, Server, full_queue
 
 
 def ref_indices(model: VQModel, images: np.ndarray) -> np.ndarray:
@@ -164,3 +164,17 @@ def test_api_key_guards_inference_not_health(guarded_server: Server) -> None:
     finally:
         anonymous.close()
         keyed.close()
+
+
+def test_a_full_queue_answers_429_in_the_protocols_shape_and_is_counted(guarded_server: Server) -> None:
+    """/v2 answers overload as `{"error": ...}` with Retry-After, and the refusal is counted like any other 429."""
+    overloaded = guarded_server.metric("vqserve_request_failures_total", reason="overloaded")
+    body = {"inputs": [{"name": "INDICES", "datatype": "INT32", "shape": [1, 2, 2], "data": [1, 2, 3, 4]}]}
+    with full_queue(guarded_server, image_bytes(random_rgb(32, 32, seed=11))) as still_full:
+        reply = httpx.post(f"{guarded_server.url}/v2/models/default/infer", json=body, headers=KEY, timeout=30)
+        assert still_full()
+    assert reply.status_code == 429
+    assert "error" in reply.json()
+    assert isinstance(reply.json()["error"], str)
+    assert int(reply.headers["retry-after"]) >= 1
+    assert guarded_server.metric("vqserve_request_failures_total", reason="overloaded") == overloaded + 1
