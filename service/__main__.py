@@ -30,7 +30,7 @@ from .app import create_app  # noqa: E402
 from .engine import ModelLoadError, check_checkpoint  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .runtime import Services  # noqa: E402
-from .settings import Settings  # noqa: E402
+from .settings import Settings, default_model_path  # noqa: E402
 
 logger = logging.getLogger("vqserve")
 
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         env = f"VQSERVE_{name.upper()}"
         default = field.get_default(call_default_factory=True)
         help_text = f"env {env}; default {default!r}"
+        if name == "model_path":  # None means the shipped checkpoint, unless --models names the models
+            help_text = f"env {env}; default the shipped checkpoint ({default_model_path()}) unless --models is set"
         annotation = field.annotation
         origin = typing.get_origin(annotation)
         if annotation is bool:

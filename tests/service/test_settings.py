@@ -56,6 +56,13 @@ def test_every_setting_has_a_flag() -> None:
         assert "--" + name.replace("_", "-") in flags, name
 
 
+def test_help_names_the_real_default_model() -> None:
+    """`--model-path` unset serves the shipped checkpoint, and `--help` says so rather than `None`."""
+    helps = {opt: action.help for action in build_parser()._actions for opt in action.option_strings}
+    assert str(default_model_path()) in str(helps["--model-path"])
+    assert "default 256" in str(helps["--max-queue"])  # the others print the setting's own default
+
+
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VQSERVE_MAX_QUEUE", "7")
     monkeypatch.setenv("VQSERVE_PORT", "9000")
