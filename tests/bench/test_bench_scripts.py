@@ -75,3 +75,4 @@ def test_linear_baseline_brackets_the_rate(tiny_checkpoint: Path) -> None:
     # quantizing the linear code to 64 values can only lose detail, and both beat a blank image by far
     assert 15 < result["pca_kmeans_psnr"] < result["pca_continuous_psnr"] < 99
     assert result["rate"] == "one of 64 codes per 2x2 patch (6 bits)"
+    assert 0 < result["network_continuous_psnr"] < 99  # the random tiny network, its quantizer skipped
