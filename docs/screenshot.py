@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import sync_playwright
 
@@ -24,42 +25,55 @@ READY = "() => document.querySelectorAll('#model option').length >= 2 && documen
 DECODED = "(n) => document.getElementById('edited').dataset.decodes === n && document.body.dataset.state === 'ready'"
 
 
+def serve_args() -> list[str]:
+    """`python -m service` flags serving the shipped checkpoints, as the page offers them."""
+    weights = ROOT / "model" / "weights"
+    return ["--models", f"default={weights / 'default'},digits={weights / 'digits'}", "--no-warmup"]
+
+
+def capture(browser: Any, url: str, out: Path, code: int) -> None:
+    """Drive the page at `url` in `browser` (a Playwright browser) and save its results card to `out`."""
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    try:
+        page.set_default_timeout(120_000)
+        page.goto(url + "/")
+        page.wait_for_function(READY)
+        page.click("button[data-sample='samples/astronaut.png']")
+        page.wait_for_function(DECODED, arg="1")
+
+        # a band of one code across the face, painted with the 5x5 brush
+        page.check("input[name=tool][value=paint]")
+        page.select_option("#brush", "5")
+        page.fill("#code", str(code))
+        page.locator("#codemap").scroll_into_view_if_needed()
+        box = page.locator("#codemap").bounding_box()
+        y = box["y"] + box["height"] * 0.3
+        page.mouse.move(box["x"] + box["width"] * 0.3, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.65, y, steps=10)
+        page.mouse.up()
+        page.wait_for_function(DECODED, arg="2")
+
+        # the hover read-out under the map
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
+        time.sleep(0.2)
+        page.locator("#results").screenshot(path=str(out))
+    finally:
+        page.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "web-page.png")
     parser.add_argument("--code", type=int, default=1234, help="the code painted as a band")
     args = parser.parse_args(argv)
-    weights = ROOT / "model" / "weights"
-    serve_args = ["--models", f"default={weights / 'default'},digits={weights / 'digits'}", "--no-warmup"]
-    with tempfile.TemporaryDirectory() as tmp, serving(serve_args, Path(tmp) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as tmp, serving(serve_args(), Path(tmp) / "server.log") as server:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
-            page = browser.new_page(viewport={"width": 1100, "height": 1000})
-            page.set_default_timeout(120_000)
-            page.goto(server.url + "/")
-            page.wait_for_function(READY)
-            page.click("button[data-sample='samples/astronaut.png']")
-            page.wait_for_function(DECODED, arg="1")
-
-            # a band of one code across the face, painted with the 5x5 brush
-            page.check("input[name=tool][value=paint]")
-            page.select_option("#brush", "5")
-            page.fill("#code", str(args.code))
-            page.locator("#codemap").scroll_into_view_if_needed()
-            box = page.locator("#codemap").bounding_box()
-            assert box is not None
-            y = box["y"] + box["height"] * 0.3
-            page.mouse.move(box["x"] + box["width"] * 0.3, y)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.65, y, steps=10)
-            page.mouse.up()
-            page.wait_for_function(DECODED, arg="2")
-
-            # the hover read-out under the map
-            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
-            time.sleep(0.2)
-            page.locator("#results").screenshot(path=str(args.out))
-            browser.close()
+            try:
+                capture(browser, server.url, args.out, args.code)
+            finally:
+                browser.close()
     print(f"wrote {args.out}")
     return 0
 

@@ -316,15 +316,13 @@ def assert_not_blank(path: Path) -> None:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, "the screenshot has almost no colours"
 
 
-def test_the_readme_screenshot_script_runs_on_the_shipped_models(tmp_path: Path) -> None:
+def test_the_readme_screenshot_script_runs_on_the_shipped_models(browser: Any, tmp_path: Path) -> None:
     """`python -m docs.screenshot` (which remakes the README's picture) still drives the page to the end."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    from docs.screenshot import main
+    from docs.screenshot import capture, serve_args
 
     shot = tmp_path / "web-page.png"
-    assert main(["--out", str(shot)]) == 0
+    with serving(serve_args(), tmp_path / "server.log") as server:
+        capture(browser, server.url, shot, code=1234)
     assert_not_blank(shot)
     with Image.open(shot) as image:
         size = image.size
