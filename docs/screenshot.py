@@ -9,20 +9,16 @@ page changes, so that the picture shows what a user gets.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import sync_playwright
 
 from tests.servers import serving
+from tests.web.page import ARGS, CHROMIUM, DECODED, MODELS_LISTED
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("VQSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
-READY = "() => document.querySelectorAll('#model option').length >= 2 && document.body.dataset.state === 'ready'"
-DECODED = "(n) => document.getElementById('edited').dataset.decodes === n && document.body.dataset.state === 'ready'"
 
 
 def serve_args() -> list[str]:
@@ -37,7 +33,7 @@ def capture(browser: Any, url: str, out: Path, code: int) -> None:
     try:
         page.set_default_timeout(120_000)
         page.goto(url + "/")
-        page.wait_for_function(READY)
+        page.wait_for_function(MODELS_LISTED)
         page.click("button[data-sample='samples/astronaut.png']")
         page.wait_for_function(DECODED, arg="1")
 
@@ -56,7 +52,7 @@ def capture(browser: Any, url: str, out: Path, code: int) -> None:
 
         # the hover read-out under the map
         page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
-        time.sleep(0.2)
+        page.wait_for_function("() => document.getElementById('hover').textContent.startsWith('row ')")
         page.locator("#results").screenshot(path=str(out))
     finally:
         page.close()
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, serving(serve_args(), Path(tmp) / "server.log") as server:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
             try:
                 capture(browser, server.url, args.out, args.code)
             finally:

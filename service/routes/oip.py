@@ -58,8 +58,9 @@ class OIPError(Exception):
         self.message = message
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The protocol's error shape: `{"error": "<message>"}`."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ async def infer(
         return _error(exc.status, exc.message)
     except ServiceError as exc:
         count_failure(exc)
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return _error(exc.status, exc.message, exc.headers)
     if head_length is None:
         return Response(content, media_type="application/json")
     return Response(

@@ -7,7 +7,6 @@ type a code, paint) and read the outcome from the page: its canvases' pixels, it
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,21 +20,11 @@ from PIL import Image
 from tests.images import image_bytes
 from tests.servers import serving
 from tests.service.conftest import make_checkpoint
+from tests.web.page import ARGS, CHROMIUM, DECODED, MODELS_LISTED
 
 pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("VQSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 60_000
 
 # pixels of a canvas as a flat RGBA list, read inside the page
@@ -43,13 +32,6 @@ CANVAS_PIXELS = """(id) => {
   const canvas = document.getElementById(id);
   return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
 }"""
-# waits: the model list arrived; the n-th decode of the code grid is drawn and nothing is pending
-MODELS_LISTED = (
-    "() => document.querySelectorAll('#model option').length === 2 && document.body.dataset.state === 'ready'"
-)
-DECODED = """(n) =>
-  document.getElementById("edited").dataset.decodes === n && document.body.dataset.state === "ready"
-"""
 # a file dropped on the drop zone (built from a bundled sample, since a test cannot drag from the desktop)
 DROP_FILE = """async (sample) => {
   const blob = await (await fetch(`/static/${sample}`)).blob();
