@@ -67,6 +67,20 @@ class VQModelConfig:
     def downsample_factor(self) -> int:
         return int(2 ** (len(self.block_out_channels) - 1))
 
+    @property
+    def codebook_size(self) -> int:
+        return self.num_vq_embeddings
+
+    @property
+    def min_latent_area(self) -> int:
+        """The fewest latent cells (h * w) the model can compute for one image.
+
+        GroupNorm refuses a group of a single value, and at the latent resolution the norms see the last two
+        block_out_channels (C channels, h * w cells, C / norm_num_groups channels per group): with one channel
+        per group a 1x1 latent (a 1x1 image, a 1x1 index map) would fail inside the model."""
+        channels = min(self.block_out_channels[-2:])
+        return 1 if channels // self.norm_num_groups >= 2 else 2
+
     def _validate(self) -> None:
         def positive(name: str) -> None:
             value = getattr(self, name)

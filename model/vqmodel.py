@@ -41,7 +41,7 @@ class VQModel(nn.Module):
 
     @property
     def codebook_size(self) -> int:
-        return self.config.num_vq_embeddings
+        return self.config.codebook_size
 
     @property
     def dtype(self) -> torch.dtype:
