@@ -3,22 +3,25 @@
 Binary transfers by default (raw image bytes up, int32 indices and uint8 pixel tensors down), retries on
 429 and 503 honouring `Retry-After`, a timeout per request, an optional API key. Images go in as paths, file
 bytes, PIL images or numpy arrays; results come back as numpy arrays (`to_pil` makes PIL images of them). The
-request building and reply parsing are shared; the two classes differ only in how they send. This module never
-imports torch or the server: a client machine needs only httpx, numpy and Pillow.
+operations are written once, as flows (generators of the HTTP calls each makes) with one retry policy; the two
+classes run them and differ only in how they send and sleep. This module never imports torch or the server: a
+client machine needs only httpx, numpy and Pillow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import io
 import itertools
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -69,6 +72,18 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    checked: bool = True  # False: sent once and answered as it came (no retries, no VQServeError)
+
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+_F = TypeVar("_F", bound=Callable[..., Any])
+# an operation, once for both clients: yields the calls it makes and is sent their responses (or has their errors
+# raised at the yield); returns the operation's result
+_Flow = Generator[_Call, httpx.Response, _T]
+# what a client sends: seconds to wait first, the call; it is sent back the response or the transport error
+_Outcome = httpx.Response | httpx.TransportError
+_Steps = Generator[tuple[float, _Call], _Outcome, _T]
 
 
 # inputs
@@ -131,7 +146,7 @@ def retry_delay(response: httpx.Response | None, attempt: int, backoff: float, m
 
 
 class _Base:
-    """Configuration and the request/reply logic shared by the sync and async clients."""
+    """Configuration, the operations (as flows) and the retry policy, shared by the sync and async clients."""
 
     def __init__(
         self,
@@ -152,12 +167,52 @@ class _Base:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Names each public method made from a flow (`_sync`, `_async`) after the attribute that holds it."""
+        super().__init_subclass__(**kwargs)
+        for name, attr in vars(cls).items():
+            if hasattr(attr, "__wrapped__"):
+                attr.__name__, attr.__qualname__ = name, f"{cls.__qualname__}.{name}"
+
     def _params(self, model: str | None, **extra: Any) -> dict[str, Any]:
         chosen = model or self.model
         params = {k: v for k, v in extra.items() if v is not None}
         return {**params, "model": chosen} if chosen else params
 
-    # request builders
+    # the operations: the public methods of both clients are made of these (`_sync`, `_async`)
+    def _models(self) -> _Flow[list[dict[str, Any]]]:
+        """Every served model's ModelInfo (config, codebook size, downsample factor, ...)."""
+        response = yield _Call("GET", "/models")
+        models: list[dict[str, Any]] = response.json()["models"]
+        return models
+
+    def _ready(self) -> _Flow[bool]:
+        """Whether the server answers /readyz with 200; False too when it cannot be reached. Not retried."""
+        try:
+            response = yield _Call("GET", "/readyz", checked=False)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    def _encode(
+        self, images: ImageLike | Sequence[ImageLike], *, model: str | None = None, binary: bool = True
+    ) -> _Flow[np.ndarray | list[np.ndarray]]:
+        """Image(s) -> int32 index map(s) (h, w); a list in request order when several were given."""
+        batch, single = _as_batch(images)
+        try:
+            response = yield self._encode_call(batch, model, binary)
+        except VQServeError as exc:
+            if not (binary and exc.status == 406):
+                raise
+            # images of different sizes cannot form one (B, h, w) tensor: fall back to JSON
+            response = yield self._encode_call(batch, model, False)
+        if response.headers.get("content-type", "").startswith("application/octet-stream"):
+            results = list(read_tensor(response))
+        else:
+            body = response.json()
+            results = [np.asarray(r["indices"], dtype=np.int32) for r in body.get("results", [body])]
+        return results[0] if single else results
+
     def _encode_call(self, images: Sequence[ImageLike], model: str | None, binary: bool) -> _Call:
         accept = "application/octet-stream" if binary else "application/json"
         files = [image_file_bytes(image) for image in images]
@@ -172,9 +227,17 @@ class _Base:
         parts = [("image", (f"{i}.img", data, "application/octet-stream")) for i, data in enumerate(files)]
         return _Call("POST", "/encode", self._params(model), {"Accept": accept}, files=parts)
 
-    def _decode_call(
-        self, array: np.ndarray, model: str | None, force_not_quantize: bool, scaling_factor: float | None
-    ) -> _Call:
+    def _decode(
+        self,
+        codes: np.ndarray,
+        *,
+        model: str | None = None,
+        image_size: tuple[int, int] | None = None,
+        force_not_quantize: bool = False,
+        scaling_factor: float | None = None,
+    ) -> _Flow[np.ndarray]:
+        """Indices (h, w) / (B, h, w) (integers) or latents (B, D, h, w) (floats) -> uint8 (B, H, W, C)."""
+        array = np.asarray(codes)
         wire = _NUMPY_TO_WIRE.get(array.dtype)
         if wire is None:
             kind = "indices" if np.issubdtype(array.dtype, np.integer) else "latents"
@@ -189,33 +252,52 @@ class _Base:
         )
         body = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         headers = {"Content-Type": "tensor/binary", "Accept": "tensor/binary"}
-        return _Call("POST", "/decode", params, headers, content=body)
+        response = yield _Call("POST", "/decode", params, headers, content=body)
+        pixels = read_tensor(response)  # (B, H, W, C) uint8
+        return pixels if image_size is None else pixels[:, : image_size[0], : image_size[1]]
 
-    def _reconstruct_call(self, image: ImageLike, model: str | None) -> _Call:
+    def _reconstruct(self, image: ImageLike, *, model: str | None = None) -> _Flow[Reconstruction]:
+        """Encode, quantize and decode one image on the server; the result and its PSNR."""
         headers = {"Content-Type": "application/octet-stream", "Accept": "image/png"}
-        return _Call("POST", "/reconstruct", self._params(model), headers, content=image_file_bytes(image))
-
-    # reply parsers
-    @staticmethod
-    def _encode_reply(response: httpx.Response) -> list[np.ndarray]:
-        if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            return list(read_tensor(response))
-        body = response.json()
-        results = body.get("results", [body])
-        return [np.asarray(r["indices"], dtype=np.int32) for r in results]
-
-    @staticmethod
-    def _decode_reply(response: httpx.Response) -> np.ndarray:
-        return read_tensor(response)  # (B, H, W, C) uint8
-
-    @staticmethod
-    def _reconstruct_reply(response: httpx.Response) -> Reconstruction:
+        response = yield _Call("POST", "/reconstruct", self._params(model), headers, content=image_file_bytes(image))
         return Reconstruction(read_png(response.content), float(response.headers["x-psnr"]))
 
-    def _retry_wait(self, response: httpx.Response | None, attempt: int) -> float | None:
-        """Seconds to wait before the next attempt, or None when this outcome is final. A refused connection
-        (`response` None) and 429/503 answers are retried while attempts remain; anything else is final."""
-        if attempt >= self.retries or (response is not None and response.status_code not in RETRY_STATUSES):
+    # running a flow: its calls through the retry policy; the clients' `_run` send what this yields
+    def _steps(self, flow: _Flow[_T]) -> _Steps[_T]:
+        """`flow` with each of its calls made through `_attempts`: what a call ends in goes back into the flow, a
+        response sent, an error raised at its yield (so that the flow may handle it); the flow's result returned."""
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    response = yield from self._attempts(call)
+                except Exception as exc:
+                    call = flow.throw(exc)
+                else:
+                    call = flow.send(response)
+        except StopIteration as done:
+            return cast(_T, done.value)
+
+    def _attempts(self, call: _Call) -> _Steps[httpx.Response]:
+        """The attempts at one call until its outcome is final: the response, else raises the error."""
+        outcome = yield 0.0, call
+        for attempt in itertools.count():
+            if (wait := self._retry_wait(call, outcome, attempt)) is None:
+                break
+            outcome = yield wait, call
+        if isinstance(outcome, httpx.TransportError):
+            raise outcome
+        if call.checked:
+            raise_for_error(outcome)
+        return outcome
+
+    def _retry_wait(self, call: _Call, outcome: _Outcome, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when this outcome is final. A refused connection and
+        429/503 answers are retried while attempts remain; anything else, and a call not `checked`, is final."""
+        response = outcome if isinstance(outcome, httpx.Response) else None
+        refused = isinstance(outcome, httpx.ConnectError)
+        retried = refused if response is None else response.status_code in RETRY_STATUSES
+        if not (call.checked and retried and attempt < self.retries):
             return None
         return retry_delay(response, attempt, self.backoff, self.max_retry_delay)
 
@@ -237,20 +319,40 @@ def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike],
     return list(images), False
 
 
-def _crop(pixels: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
-    return pixels if image_size is None else pixels[:, : image_size[0], : image_size[1]]
+def _documented(method: _F, flow: Callable[..., Any]) -> _F:
+    """`method` with the docstring and signature of `flow`, its return the flow's result: what help() shows."""
+    functools.update_wrapper(method, flow)
+    result = flow.__annotations__["return"].removeprefix("_Flow[").removesuffix("]")  # unevaluated strings
+    public: Any = method
+    public.__annotations__ = {**flow.__annotations__, "return": result}
+    public.__signature__ = inspect.signature(flow).replace(return_annotation=result)
+    return method
+
+
+def _sync(flow: Callable[Concatenate[_Base, _P], _Flow[_T]]) -> Callable[Concatenate[Client, _P], _T]:
+    """A `Client` method running `flow`."""
+
+    def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return self._run(flow(self, *args, **kwargs))
+
+    return _documented(method, flow)
+
+
+def _async(
+    flow: Callable[Concatenate[_Base, _P], _Flow[_T]],
+) -> Callable[Concatenate[AsyncClient, _P], Coroutine[Any, Any, _T]]:
+    """An `AsyncClient` coroutine method running `flow`."""
+
+    async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._run(flow(self, *args, **kwargs))
+
+    return _documented(method, flow)
 
 
 class Client(_Base):
     """Synchronous client; thread-safe (one connection pool shared by threads). Use as a context manager."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, transport: httpx.BaseTransport | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.Client(timeout=self._timeout, transport=transport)
 
@@ -263,73 +365,34 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, call: _Call) -> httpx.Response:
-        for attempt in itertools.count():
-            try:
-                response = self._http.request(**self._send_args(call))
-            except httpx.ConnectError:
-                if (wait := self._retry_wait(None, attempt)) is None:
-                    raise
-            else:
-                if (wait := self._retry_wait(response, attempt)) is None:
-                    raise_for_error(response)
-                    return response
+    models = _sync(_Base._models)
+    ready = _sync(_Base._ready)
+    encode = _sync(_Base._encode)
+    decode = _sync(_Base._decode)
+    reconstruct = _sync(_Base._reconstruct)
+
+    def _run(self, flow: _Flow[_T]) -> _T:
+        steps = self._steps(flow)
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(self._send(*step))
+        except StopIteration as done:
+            return cast(_T, done.value)
+
+    def _send(self, wait: float, call: _Call) -> _Outcome:
+        if wait:
             time.sleep(wait)
-        raise AssertionError("unreachable")
-
-    def models(self) -> list[dict[str, Any]]:
-        """Every served model's ModelInfo (config, codebook size, downsample factor, ...)."""
-        models: list[dict[str, Any]] = self._send(_Call("GET", "/models")).json()["models"]
-        return models
-
-    def ready(self) -> bool:
         try:
-            return self._http.get(self.url + "/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def encode(
-        self, images: ImageLike | Sequence[ImageLike], *, model: str | None = None, binary: bool = True
-    ) -> np.ndarray | list[np.ndarray]:
-        """Image(s) -> int32 index map(s) (h, w); a list in request order when several were given."""
-        batch, single = _as_batch(images)
-        try:
-            results = self._encode_reply(self._send(self._encode_call(batch, model, binary)))
-        except VQServeError as exc:
-            if not (binary and exc.status == 406):
-                raise
-            # images of different sizes cannot form one (B, h, w) tensor: fall back to JSON
-            results = self._encode_reply(self._send(self._encode_call(batch, model, False)))
-        return results[0] if single else results
-
-    def decode(
-        self,
-        codes: np.ndarray,
-        *,
-        model: str | None = None,
-        image_size: tuple[int, int] | None = None,
-        force_not_quantize: bool = False,
-        scaling_factor: float | None = None,
-    ) -> np.ndarray:
-        """Indices (h, w) / (B, h, w) (integers) or latents (B, D, h, w) (floats) -> uint8 (B, H, W, C)."""
-        call = self._decode_call(np.asarray(codes), model, force_not_quantize, scaling_factor)
-        return _crop(self._decode_reply(self._send(call)), image_size)
-
-    def reconstruct(self, image: ImageLike, *, model: str | None = None) -> Reconstruction:
-        """Encode, quantize and decode one image on the server; the result and its PSNR."""
-        return self._reconstruct_reply(self._send(self._reconstruct_call(image, model)))
+            return self._http.request(**self._send_args(call))
+        except httpx.TransportError as exc:
+            return exc
 
 
 class AsyncClient(_Base):
     """Asynchronous client: the methods of `Client` as coroutines. Use as an async context manager."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, transport: httpx.AsyncBaseTransport | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._http = httpx.AsyncClient(timeout=self._timeout, transport=transport)
 
@@ -342,57 +405,25 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, call: _Call) -> httpx.Response:
-        for attempt in itertools.count():
-            try:
-                response = await self._http.request(**self._send_args(call))
-            except httpx.ConnectError:
-                if (wait := self._retry_wait(None, attempt)) is None:
-                    raise
-            else:
-                if (wait := self._retry_wait(response, attempt)) is None:
-                    raise_for_error(response)
-                    return response
+    models = _async(_Base._models)
+    ready = _async(_Base._ready)
+    encode = _async(_Base._encode)
+    decode = _async(_Base._decode)
+    reconstruct = _async(_Base._reconstruct)
+
+    async def _run(self, flow: _Flow[_T]) -> _T:
+        steps = self._steps(flow)
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await self._send(*step))
+        except StopIteration as done:
+            return cast(_T, done.value)
+
+    async def _send(self, wait: float, call: _Call) -> _Outcome:
+        if wait:
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
-
-    async def models(self) -> list[dict[str, Any]]:
-        """Every served model's ModelInfo."""
-        models: list[dict[str, Any]] = (await self._send(_Call("GET", "/models"))).json()["models"]
-        return models
-
-    async def ready(self) -> bool:
         try:
-            return (await self._http.get(self.url + "/readyz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    async def encode(
-        self, images: ImageLike | Sequence[ImageLike], *, model: str | None = None, binary: bool = True
-    ) -> np.ndarray | list[np.ndarray]:
-        """Image(s) -> int32 index map(s) (h, w); a list in request order when several were given."""
-        batch, single = _as_batch(images)
-        try:
-            results = self._encode_reply(await self._send(self._encode_call(batch, model, binary)))
-        except VQServeError as exc:
-            if not (binary and exc.status == 406):
-                raise
-            results = self._encode_reply(await self._send(self._encode_call(batch, model, False)))
-        return results[0] if single else results
-
-    async def decode(
-        self,
-        codes: np.ndarray,
-        *,
-        model: str | None = None,
-        image_size: tuple[int, int] | None = None,
-        force_not_quantize: bool = False,
-        scaling_factor: float | None = None,
-    ) -> np.ndarray:
-        """Indices (h, w) / (B, h, w) or latents (B, D, h, w) -> uint8 (B, H, W, C)."""
-        call = self._decode_call(np.asarray(codes), model, force_not_quantize, scaling_factor)
-        return _crop(self._decode_reply(await self._send(call)), image_size)
-
-    async def reconstruct(self, image: ImageLike, *, model: str | None = None) -> Reconstruction:
-        """Encode, quantize and decode one image on the server; the result and its PSNR."""
-        return self._reconstruct_reply(await self._send(self._reconstruct_call(image, model)))
+            return await self._http.request(**self._send_args(call))
+        except httpx.TransportError as exc:
+            return exc

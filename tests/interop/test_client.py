@@ -1,13 +1,20 @@
 """`service.client` against a real server: indices, pixels and PSNR equal an in-process reference model; sync
-and async; batches; retries on a real 429 (from a queue made full on purpose); API keys; timeouts."""
+and async (every test of a method runs with both clients); batches; retries on a real 429 (from a queue made full
+on purpose) and on refused connections; readiness; API keys; timeouts."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,6 +25,7 @@ from PIL import Image
 from model import VQModel
 from service.client import AsyncClient, Client, VQServeError, retry_delay
 from tests.images import image_bytes, random_rgb
+from tests.servers import free_port
 
 from .conftest import Server, full_queue
 
@@ -39,9 +47,43 @@ def ref_decode(model: VQModel, indices: np.ndarray) -> np.ndarray:
         return to_uint8(model.decode_indices(torch.from_numpy(indices).long()))
 
 
-@pytest.fixture
-def client(server: Server) -> Iterator[Client]:
-    with Client(server.url, timeout=30) as c:
+KINDS = ["sync", "async"]
+
+
+class RunToCompletion:
+    """An AsyncClient whose coroutine methods run to completion on an event loop of its own: the tests written for
+    `Client` run unchanged against the async client (the real client and a real server, nothing stands in)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.client, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+@contextmanager
+def open_client(kind: str, url: str, **options: Any) -> Iterator[Any]:
+    """A `Client` (kind "sync") or an `AsyncClient` run to completion (kind "async") at `url`."""
+    if kind == "sync":
+        with Client(url, **options) as c:
+            yield c
+        return
+    runner = RunToCompletion(AsyncClient(url, **options))
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture(params=KINDS)
+def client(request: pytest.FixtureRequest, server: Server) -> Iterator[Client]:
+    with open_client(request.param, server.url, timeout=30) as c:
         yield c
 
 
@@ -130,9 +172,70 @@ def test_async_client_matches_sync(server: Server, reference_model: VQModel) -> 
     assert math.isfinite(quality)
 
 
-def test_timeout_raises(server: Server) -> None:
-    with Client(server.url, timeout=1e-4, retries=0) as c, pytest.raises(httpx.TimeoutException):
+@pytest.mark.parametrize("kind", KINDS)
+def test_timeout_raises(server: Server, kind: str) -> None:
+    with open_client(kind, server.url, timeout=1e-4, retries=0) as c, pytest.raises(httpx.TimeoutException):
         c.encode(random_rgb(256, 256))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ready_is_not_retried(server: Server, kind: str) -> None:
+    with open_client(kind, server.url) as c:
+        assert c.ready() is True
+    started = time.monotonic()
+    with open_client(kind, f"http://127.0.0.1:{free_port()}", retries=20, max_retry_delay=0.1) as c:
+        assert c.ready() is False  # nothing listens: refused, answered at once (retried, it would take ~2 s)
+    assert time.monotonic() - started < 1.0
+
+
+@contextmanager
+def listening_late(port: int, delay: float) -> Iterator[list[str]]:
+    """An HTTP server that starts listening on `port` only after `delay` seconds and answers GET /models; yields
+    the paths it was asked for."""
+    asked: list[str] = []
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps({"models": [{"name": "late"}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    up = threading.Event()
+    servers: list[ThreadingHTTPServer] = []
+
+    def listen() -> None:
+        time.sleep(delay)
+        servers.append(ThreadingHTTPServer(("127.0.0.1", port), Models))
+        up.set()
+        servers[0].serve_forever(poll_interval=0.05)
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        yield asked
+    finally:
+        assert up.wait(timeout=delay + 5), f"nothing listened on port {port}"
+        servers[0].shutdown()
+        servers[0].server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refused_connections_are_retried(kind: str) -> None:
+    port = free_port()
+    with open_client(kind, f"http://127.0.0.1:{port}", retries=0) as c, pytest.raises(httpx.ConnectError):
+        c.models()  # no retries: the refusal is final
+    with listening_late(port, delay=0.5) as asked:
+        with open_client(kind, f"http://127.0.0.1:{port}", retries=50, backoff=0.05, max_retry_delay=0.1) as c:
+            assert c.models() == [{"name": "late"}]  # refused for 0.5 s, then answered
+        assert asked == ["/models"]
 
 
 def test_retry_delay_honours_retry_after() -> None:
@@ -150,10 +253,27 @@ def test_api_key(guarded_server: Server) -> None:
         assert keyed.models()[0]["name"] == "default"
 
 
-def encode_burst(server: Server, image: bytes, retries: int) -> list[int]:
-    """8 concurrent encodes through one client: the final status of each. Retries wait Retry-After, capped at
-    0.25 s, so a burst ends within seconds of the queue moving and `retries` bounds how long it may take."""
-    with Client(server.url, api_key="k-test", retries=retries, max_retry_delay=0.25, timeout=60) as c:
+def encode_burst(server: Server, image: bytes, retries: int, kind: str = "sync") -> list[int]:
+    """8 concurrent encodes through one client (threads for `Client`, tasks for `AsyncClient`): the final status
+    of each. Retries wait Retry-After, capped at 0.25 s, so a burst ends within seconds of the queue moving and
+    `retries` bounds how long it may take."""
+    options: dict[str, Any] = {"api_key": "k-test", "retries": retries, "max_retry_delay": 0.25, "timeout": 60}
+    if kind == "async":
+
+        async def burst() -> list[int]:
+            async with AsyncClient(server.url, **options) as c:
+
+                async def one() -> int:
+                    try:
+                        await c.encode(image)
+                        return 200
+                    except VQServeError as exc:
+                        return exc.status
+
+                return list(await asyncio.gather(*(one() for _ in range(8))))
+
+        return asyncio.run(burst())
+    with Client(server.url, **options) as c:
 
         def one(_: int) -> int:
             try:
@@ -166,20 +286,22 @@ def encode_burst(server: Server, image: bytes, retries: int) -> list[int]:
             return list(pool.map(one, range(8)))
 
 
-def test_a_full_queue_answers_429_at_once(guarded_server: Server) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_full_queue_answers_429_at_once(guarded_server: Server, kind: str) -> None:
     image = image_bytes(random_rgb(32, 32, seed=9))
     overloaded = guarded_server.metric("vqserve_request_failures_total", reason="overloaded")
     with full_queue(guarded_server, image) as still_full:
-        assert encode_burst(guarded_server, image, retries=0) == [429] * 8
+        assert encode_burst(guarded_server, image, retries=0, kind=kind) == [429] * 8
         assert still_full(), "the engine moved on during the burst: hold it longer (a larger reconstruct)"
     assert guarded_server.metric("vqserve_request_failures_total", reason="overloaded") == overloaded + 8
 
 
-def test_retries_ride_out_a_full_queue(guarded_server: Server) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_retries_ride_out_a_full_queue(guarded_server: Server, kind: str) -> None:
     image = image_bytes(random_rgb(32, 32, seed=10))
     overloaded = guarded_server.metric("vqserve_request_failures_total", reason="overloaded")
     with full_queue(guarded_server, image), ThreadPoolExecutor(1) as runner:
-        burst = runner.submit(encode_burst, guarded_server, image, 60)  # at most 60 x 0.25 s of waiting each
+        burst = runner.submit(encode_burst, guarded_server, image, 60, kind)  # at most 60 x 0.25 s of waiting each
         # the burst meets the full queue (8 refusals counted by the server), then rides it out
         guarded_server.wait_metric("vqserve_request_failures_total", overloaded + 8, reason="overloaded")
         assert burst.result(timeout=60) == [200] * 8
