@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -27,7 +28,13 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
-def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+def psnr(reference: torch.Tensor | np.ndarray, test: torch.Tensor | np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two images of one shape on the 0..255 scale; inf when identical."""
-    mse = float((reference.to(torch.float64) - test.to(torch.float64)).pow(2).mean())
+    mse = float((_float64(reference) - _float64(test)).pow(2).mean())
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def _float64(image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image.to(torch.float64)
+    return torch.from_numpy(np.asarray(image, dtype=np.float64))  # a new array: read-only inputs are fine

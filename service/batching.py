@@ -1,12 +1,19 @@
-"""The Batcher: bounded admission, per-(model, op, shape) queues, batch policy, deadlines, cancellation.
+"""The Batcher: admission, per-(model, op, shape, params) queues, batch policy, deadlines, cancellation.
 
-Routes `admit` a request (429 at once when `max_queue` requests already wait, 503 when draining), decode its
-inputs, then `submit` one `Item` per image and await the futures. One worker task per model picks the queue whose
-oldest item is oldest and forms a batch of up to `max_batch_size` items and `max_batch_pixels` pixels. The batch
-goes to the engine as soon as the engine is idle, unless other admitted requests for that model are still being
-decoded: then it waits for them up to `max_wait_ms` counted from the oldest item's arrival. Expired items (504)
-and items whose client went away are dropped before compute. A failing batch fails only its own items (500) and
-the worker carries on. This module never touches the model; the engine never sees a request.
+The one way into the engines. A route admits a request before reading its body and runs ops on the ticket:
+
+    async with batcher.admit(model, disconnected=...) as ticket:   # 503 draining, 429 full
+        inputs = ...                                                 # decode the body
+        outcome = await ticket.run(Op.ENCODE, inputs)                # 504 deadline, 499 client gone
+    outcome.values, outcome.batch_size, outcome.queue_s, outcome.compute_s
+
+A ticket holds one `max_queue` slot from admission until its items have started compute (or it ends). Each model
+has one worker task: it takes the queue whose oldest item is oldest and forms a batch of up to `max_batch_size`
+items and `max_batch_pixels` of cost (`engine.cost`). The batch goes to the engine at once when the engine is
+idle, unless other admitted requests are still decoding their inputs: then it waits for them up to `max_wait_s`
+from the oldest item's arrival. Items whose deadline passed or whose client left are dropped before compute; a
+failing batch fails only its own items (500) and the worker carries on. All queue state and counters live here;
+this module never touches the model and knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,14 +31,19 @@ import torch
 
 from . import metrics
 from .errors import ServiceError
+from .ops import Op, OpParams, check_params
 
 logger = logging.getLogger("vqserve.batching")
+
+Disconnected = Callable[[], Awaitable[object]]  # completes when the client has gone away
 
 
 class BatchEngine(Protocol):
     name: str
 
-    async def compute(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]: ...
+    def cost(self, op: Op, shape: tuple[int, ...]) -> int: ...
+
+    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -40,27 +52,53 @@ class BatchPolicy:
     max_batch_pixels: int = 16 * 1024 * 1024
     max_wait_s: float = 0.005
     max_queue: int = 256
-    retry_after_s: int = 1
+    retry_after_s: float = 1.0
+
+
+def draining_error() -> ServiceError:
+    """The one refusal of a draining server, wherever it is noticed."""
+    return ServiceError("shutting_down", "the server is shutting down; retry on another replica", retry_after_s=1)
+
+
+@dataclass
+class BatchRecord:
+    """Facts of one computed batch, shared by its items."""
+
+    size: int
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The results of one `Ticket.run`, in input order, with the facts of the batches that computed them."""
+
+    values: list[Any]
+    batch_size: int = 0  # the largest batch its items rode in
+    queue_s: float = 0.0  # the longest wait of one of its items, from the request's arrival to compute
+    compute_s: float = 0.0  # engine time of those batches, together
 
 
 @dataclass(eq=False)
 class Item:
-    """One image (or one index map / latent) waiting for compute."""
+    """One input (an image, an index map, a latent map) waiting for compute."""
 
-    op: str
+    op: Op
     payload: torch.Tensor
-    pixels: int
-    params: tuple[Any, ...] = ()
-    arrival: float = field(default_factory=time.monotonic)
-    deadline: float = float("inf")
+    params: OpParams
+    cost: int
+    ticket: Ticket
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    ticket: Ticket | None = None
-    abandoned: bool = False  # the client went away or its deadline passed: never compute it
-    batch_size: int = 0  # the size of the batch it was computed in (for the access log)
+    started: float | None = None  # when its batch went to the engine
+    batch: BatchRecord | None = None
 
     @property
     def key(self) -> Hashable:
         return (self.op, tuple(self.payload.shape), self.payload.dtype, self.params)
+
+    @property
+    def dropped(self) -> bool:
+        """Never compute it: its request ended (client gone, deadline, error) or it already has an answer."""
+        return self.ticket.abandoned or self.future.done()
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -69,36 +107,103 @@ class Item:
 
 
 class Ticket:
-    """An admitted request: holds one `max_queue` slot until its items are computed or it ends."""
+    """An admitted request. `run` queues its inputs and waits; leaving the `async with` ends it."""
 
-    def __init__(self, worker: ModelWorker, arrival: float, deadline: float, announced: bool = True) -> None:
+    def __init__(self, worker: ModelWorker, arrival: float, deadline: float, disconnected: Disconnected | None):
         self.worker = worker
         self.arrival = arrival
         self.deadline = deadline
-        self.announced = announced  # counted in worker.announced until it submits or ends
-        self.items: list[Item] = []
-        self._waiting = 0
-        self.submitted = False
-        self.released = False
+        self._disconnected = disconnected
+        self.decoding = True  # counted in worker.decoding until its first run or its end
+        self.holds_slot = True  # counted in batcher.pending until its items started compute or it ends
+        self.abandoned = False
+        self.batch_size = 0  # the largest batch any of its items rode in (the access log reads it)
+        self._waiting = 0  # items of the current run not yet started
 
-    def started(self, item: Item) -> None:
+    async def __aenter__(self) -> Ticket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def run(self, op: Op, inputs: Sequence[torch.Tensor], params: OpParams | None = None) -> Outcome:
+        """Compute `op` on every input (batched with everyone's items of the same op, shape and params)."""
+        checked = check_params(op, params)
+        if self.abandoned:
+            raise ServiceError("deadline_exceeded", "the request was dropped before its items were queued")
+        batcher = self.worker.batcher
+        batcher.retake(self)
+        engine = self.worker.engine
+        items = [Item(op, t, checked, engine.cost(op, tuple(t.shape)), self) for t in inputs]
+        self._waiting = len(items)
+        batcher.decoded(self)
+        if not items:
+            batcher.release(self)
+            return Outcome([])
+        self.worker.put(items)
+        values = await self._wait([item.future for item in items])
+        records = {id(item.batch): item.batch for item in items if item.batch is not None}
+        outcome = Outcome(
+            values,
+            batch_size=max((r.size for r in records.values()), default=0),
+            queue_s=max((item.started - self.arrival for item in items if item.started is not None), default=0.0),
+            compute_s=sum(r.compute_s for r in records.values()),
+        )
+        self.batch_size = max(self.batch_size, outcome.batch_size)
+        return outcome
+
+    async def _wait(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        """The results in order; 504 at the deadline, 499 when the client went away (then nothing is computed)."""
+        everything = _when_all(futures)
+        waiters: set[asyncio.Future[Any]] = {everything}
+        watcher = asyncio.ensure_future(self._disconnected()) if self._disconnected is not None else None
+        if watcher is not None:
+            waiters.add(watcher)
+        try:
+            timeout = max(0.0, self.deadline - time.monotonic())
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if everything in done:
+            return [future.result() for future in futures]  # raises the first failure, in input order
+        self.close()
+        if watcher is not None and watcher in done:
+            if not watcher.cancelled():
+                watcher.exception()  # a receive that failed means the same: nobody is listening
+            raise ServiceError("client_closed", "the client closed the connection before the result was ready")
+        raise ServiceError("deadline_exceeded", "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed")
+
+    def item_started(self) -> None:
         self._waiting -= 1
         if self._waiting <= 0:
-            self.release()
+            self.worker.batcher.release(self)
 
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.worker.batcher.pending -= 1
-            if self.announced and not self.submitted:
-                self.worker.announced -= 1
-                self.worker.wakeup.set()
+    def close(self) -> None:
+        """The request ended: drop what has not been computed and give back what it holds."""
+        self.abandoned = True
+        self.worker.batcher.decoded(self)
+        self.worker.batcher.release(self)
 
-    def abandon(self) -> None:
-        """The client is gone or the deadline passed: drop what has not been computed."""
-        for item in self.items:
-            item.abandoned = True
-        self.release()
+
+def _when_all(futures: list[asyncio.Future[Any]]) -> asyncio.Future[None]:
+    """A future that completes (with None, never an error) once every future is done or one has failed."""
+    loop = asyncio.get_running_loop()
+    joined: asyncio.Future[None] = loop.create_future()
+    remaining = len(futures)
+
+    def settle(future: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        failed = not future.cancelled() and future.exception() is not None
+        if not joined.done() and (failed or future.cancelled() or remaining == 0):
+            joined.set_result(None)
+
+    if not futures:
+        joined.set_result(None)
+    for future in futures:
+        future.add_done_callback(settle)
+    return joined
 
 
 class ModelWorker:
@@ -111,7 +216,7 @@ class ModelWorker:
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
-        self.announced = 0  # admitted requests still decoding their inputs
+        self.decoding = 0  # admitted requests still decoding their inputs: a batch may wait for them
         self.task: asyncio.Task[None] | None = None
 
     def put(self, items: list[Item]) -> None:
@@ -129,14 +234,13 @@ class ModelWorker:
     def _purge(self) -> None:
         now = time.monotonic()
         for key in list(self.queues):
-            queue = self.queues[key]
             kept: deque[Item] = deque()
-            for item in queue:
-                if item.abandoned or item.future.done():
-                    self._dequeued(item)
+            for item in self.queues[key]:
+                if item.dropped:
+                    self._dequeued(item, now)
                     item.fail(ServiceError("deadline_exceeded", "request dropped before compute"))
-                elif now >= item.deadline:
-                    self._dequeued(item)
+                elif now >= item.ticket.deadline:
+                    self._dequeued(item, now)
                     item.fail(ServiceError("deadline_exceeded", "the request deadline passed before compute"))
                 else:
                     kept.append(item)
@@ -145,21 +249,21 @@ class ModelWorker:
             else:
                 del self.queues[key]
 
-    def _dequeued(self, item: Item) -> None:
+    def _dequeued(self, item: Item, now: float) -> None:
         metrics.QUEUE_DEPTH.labels(self.engine.name, item.op).dec()
-        if item.ticket is not None:
-            item.ticket.started(item)
+        item.started = now
+        item.ticket.item_started()
 
     def _candidate(self) -> tuple[Hashable, int]:
         """The queue whose head waited longest, and how many of its items fit one batch."""
-        key = min(self.queues, key=lambda k: self.queues[k][0].arrival)
+        key = min(self.queues, key=lambda k: self.queues[k][0].ticket.arrival)
         policy = self.batcher.policy
-        count, pixels = 0, 0
+        count, cost = 0, 0
         for item in self.queues[key]:
-            if count >= policy.max_batch_size or (count and pixels + item.pixels > policy.max_batch_pixels):
+            if count >= policy.max_batch_size or (count and cost + item.cost > policy.max_batch_pixels):
                 break
             count += 1
-            pixels += item.pixels
+            cost += item.cost
         return key, count
 
     async def _next_batch(self) -> list[Item]:
@@ -172,9 +276,9 @@ class ModelWorker:
                 continue
             key, count = self._candidate()
             queue = self.queues[key]
-            waited = time.monotonic() - queue[0].arrival
+            waited = time.monotonic() - queue[0].ticket.arrival
             full = count == policy.max_batch_size or count < len(queue)
-            if full or self.announced <= 0 or waited >= policy.max_wait_s:
+            if full or self.decoding <= 0 or waited >= policy.max_wait_s:
                 batch = [queue.popleft() for _ in range(count)]
                 if not queue:
                     del self.queues[key]
@@ -188,18 +292,19 @@ class ModelWorker:
         name, op = self.engine.name, batch[0].op
         now = time.monotonic()
         for item in batch:
-            self._dequeued(item)
-            metrics.QUEUE_DURATION.labels(name, op).observe(now - item.arrival)
-        live = [item for item in batch if not item.abandoned and not item.future.done()]
+            self._dequeued(item, now)
+            metrics.QUEUE_DURATION.labels(name, op).observe(now - item.ticket.arrival)
+        live = [item for item in batch if not item.dropped]
         for item in batch:
-            if item not in live:
+            if item.dropped:
                 item.fail(ServiceError("deadline_exceeded", "request dropped before compute"))
         if not live:
             return
         self.idle.clear()
-        metrics.BATCH_SIZE.labels(name, op).observe(len(live))
+        record = BatchRecord(len(live))
+        metrics.BATCH_SIZE.labels(name, op).observe(record.size)
         for item in live:
-            item.batch_size = len(live)
+            item.batch = record
         started = time.perf_counter()
         try:
             results = await self.engine.compute(op, [item.payload for item in live], live[0].params)
@@ -214,63 +319,64 @@ class ModelWorker:
                 if not item.future.done():
                     item.future.set_result(result)
         finally:
-            metrics.COMPUTE_DURATION.labels(name, op).observe(time.perf_counter() - started)
+            record.compute_s = time.perf_counter() - started
+            metrics.COMPUTE_DURATION.labels(name, op).observe(record.compute_s)
             self.idle.set()
 
 
 class Batcher:
-    """Admission and one `ModelWorker` per engine."""
+    """Admission, its counters, and one `ModelWorker` per engine."""
 
     def __init__(self, engines: dict[str, BatchEngine], policy: BatchPolicy, request_timeout_s: float) -> None:
         self.policy = policy
         self.request_timeout_s = request_timeout_s
         self.workers = {name: ModelWorker(self, engine) for name, engine in engines.items()}
-        self.pending = 0  # admitted requests not yet (fully) computed
+        self.pending = 0  # admitted requests holding a slot: not yet (fully) started compute
         self.draining = False
 
     def start(self) -> None:
         for worker in self.workers.values():
             worker.task = asyncio.create_task(worker.run(), name=f"batcher-{worker.engine.name}")
 
-    def admit(self, model: str, arrival: float | None = None, announce: bool = True) -> Ticket:
+    def admit(self, model: str, disconnected: Disconnected | None = None) -> Ticket:
         """Take a queue slot for one request before its body is decoded: 503 when draining, 429 when full.
 
-        `announce=False` holds a slot only (work that never submits items): batches then need not wait for it.
-        """
+        `disconnected`, when given, is awaited while the request waits for results (after its body was read)."""
         if self.draining:
-            raise ServiceError(
-                "shutting_down", "the server is shutting down; retry on another replica", {"Retry-After": "1"}
-            )
+            raise draining_error()
         if self.pending >= self.policy.max_queue:
             raise ServiceError(
                 "overloaded",
                 f"{self.pending} requests are already queued (max_queue={self.policy.max_queue}); retry later",
-                {"Retry-After": str(self.policy.retry_after_s)},
+                retry_after_s=self.policy.retry_after_s,
             )
         worker = self.workers[model]
-        arrival = time.monotonic() if arrival is None else arrival
+        arrival = time.monotonic()
         self.pending += 1
-        if announce:
-            worker.announced += 1
-        return Ticket(worker, arrival, arrival + self.request_timeout_s, announced=announce)
+        worker.decoding += 1
+        return Ticket(worker, arrival, arrival + self.request_timeout_s, disconnected)
 
-    def submit(self, ticket: Ticket, items: list[Item]) -> list[asyncio.Future[Any]]:
-        """Queue the request's items (all in the same per-shape queues as everyone else's)."""
-        if ticket.released:
-            raise ServiceError("deadline_exceeded", "the request was dropped before its items were queued")
-        for item in items:
-            item.ticket = ticket
-            item.arrival = ticket.arrival
-            item.deadline = ticket.deadline
-        ticket.items = items
-        ticket._waiting = len(items)
-        ticket.submitted = True
-        ticket.worker.announced -= 1
-        ticket.worker.put(items)
-        if not items:
-            ticket.release()
-        return [item.future for item in items]
+    # the counters, changed only here
+    def decoded(self, ticket: Ticket) -> None:
+        """The ticket no longer decodes inputs: batches need not wait for it."""
+        if ticket.decoding:
+            ticket.decoding = False
+            ticket.worker.decoding -= 1
+            ticket.worker.wakeup.set()
 
+    def release(self, ticket: Ticket) -> None:
+        """The ticket's items have all started compute, or it ended: its slot is free."""
+        if ticket.holds_slot:
+            ticket.holds_slot = False
+            self.pending -= 1
+
+    def retake(self, ticket: Ticket) -> None:
+        """A later `run` of an admitted request holds a slot again (it was admitted: never refused midway)."""
+        if not ticket.holds_slot:
+            ticket.holds_slot = True
+            self.pending += 1
+
+    # lifecycle
     def idle(self) -> bool:
         return self.pending == 0 and all(w.idle.is_set() and not w.queues for w in self.workers.values())
 

@@ -1,8 +1,8 @@
 """The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, info.
 
 Every command but `serve` runs against a server (`--url`, through `service.client`) or in-process without one
-(`--model-path`: the model is loaded here with `model.VQModel`, and images are read and written with the same
-codecs the server uses, so both ways give the same indices). Work on many files runs concurrently with a
+(`--model-path`: the model is loaded here into the server's own `Engine`, and inputs are read and checked by
+the same code the server uses, so both ways give the same indices). Work on many files runs concurrently with a
 progress bar on stderr; results go to files, summaries to stdout.
 """
 
@@ -63,58 +63,49 @@ class RemoteBackend:
 
 
 class LocalBackend:
-    """The model in this process: the server's own image codecs around `model.VQModel`."""
+    """The model in this process, through the server's own engine, input checks and reply helpers."""
 
     def __init__(self, path: Path, subfolder: str | None, device: str) -> None:
-        import torch
+        from .engine import Engine
+        from .settings import ModelSpec, Settings
 
-        from model import VQModel
+        settings = Settings(device=device, warmup=False, models=[], model_path=None)
+        self.engine = Engine(ModelSpec(str(path), path, subfolder), settings)
+        self.facts = self.engine.load()
 
-        from .engine import resolve_device
+    def _image(self, data: bytes) -> Any:
+        from .inputs import prepare_images
 
-        self._torch = torch
-        self.path = path
-        self.model = VQModel.from_pretrained(path, subfolder=subfolder, device=str(resolve_device(device)))
-        self.model.optimize_for_inference()
+        (image,) = prepare_images([data], self.facts, max_pixels=2**31)
+        return image
 
     def encode(self, data: bytes) -> np.ndarray:
-        from . import codecs
+        from .ops import Op
 
-        arr = codecs.read_image(data, channels=self.model.config.in_channels, max_pixels=2**31)
-        x = codecs.to_model_input(arr, self.model.downsample_factor)[None]  # (1, C, H', W')
-        with self._torch.inference_mode():
-            _, indices = self.model.quantize(self.model.encode(x.to(self.model.device, self.model.dtype)))
-        return indices[0].to(self._torch.int32).cpu().numpy()
+        (encoded,) = self.engine.run(Op.ENCODE, [self._image(data).tensor])
+        return np.asarray(encoded.indices.numpy(), dtype=np.int32)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        from .engine import to_uint8_images
+        from .inputs import decode_from_array
 
-        codes = self._torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.model.device)
-        with self._torch.inference_mode():
-            return np.stack(to_uint8_images(self.model.decode_indices(codes)))
+        decoded = decode_from_array(np.asarray(indices, dtype=np.int64), self.facts)
+        return np.stack(self.engine.run(decoded.op, decoded.tensors))
 
     def reconstruct(self, data: bytes) -> Reconstruction:
-        from . import codecs
+        from model.pixels import psnr
 
-        arr = codecs.read_image(data, channels=self.model.config.in_channels, max_pixels=2**31)
-        indices = self.encode(data)
-        out = self.decode(indices[None])[0, : arr.shape[0], : arr.shape[1]]
-        return Reconstruction(out, codecs.psnr(arr, out))
+        from .ops import Op
+
+        image = self._image(data)
+        (output,) = self.engine.run(Op.RECONSTRUCT, [image.tensor])
+        height, width = image.size
+        cropped = output[:height, :width]
+        return Reconstruction(cropped, psnr(image.original, cropped))
 
     def info(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": str(self.path),
-                "config": self.model.config.to_dict(),
-                "codebook_size": self.model.codebook_size,
-                "downsample_factor": self.model.downsample_factor,
-                "in_channels": self.model.config.in_channels,
-                "latent_channels": self.model.config.latent_channels,
-                "vq_embed_dim": self.model.config.embed_dim,
-                "device": str(self.model.device),
-                "dtype": str(self.model.dtype).removeprefix("torch."),
-            }
-        ]
+        from .schemas import ModelInfo
+
+        return [ModelInfo.of(self.facts).model_dump()]
 
 
 # files
@@ -302,7 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     args = build_parser().parse_args(argv)
     if args.model_path is not None:
-        return COMMANDS[args.command](args, LocalBackend(args.model_path, args.model_subfolder, args.device))
+        from .engine import ModelLoadError
+
+        try:
+            backend = LocalBackend(args.model_path, args.model_subfolder, args.device)
+        except ModelLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
+        try:
+            return COMMANDS[args.command](args, backend)
+        finally:
+            backend.engine.close()
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         try:
             return COMMANDS[args.command](args, RemoteBackend(client, args.model))

@@ -1,4 +1,4 @@
-"""Bytes <-> arrays and tensors: images in and out, base64, raw tensors, PSNR.
+"""Bytes <-> arrays and tensors: images in and out, base64, raw tensors.
 
 Everything here is CPU work called from the codec thread pool, never on the event loop. Inputs are checked before
 any large allocation: image dimensions are read from the header and refused above the pixel limit before the
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from model.pixels import from_uint8
 
 from .errors import ServiceError
 
@@ -38,7 +40,7 @@ LATENT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
-class EncodeOptions:
+class ImageCompression:
     """How output images are compressed (from the settings)."""
 
     png_compress_level: int = 1
@@ -117,12 +119,11 @@ def pad_to_multiple(arr: np.ndarray, factor: int) -> np.ndarray:
 def to_model_input(arr: np.ndarray, factor: int) -> torch.Tensor:
     """(H, W, C) uint8 -> (C, H', W') float32 in [-1, 1], padded to the downsample factor."""
     padded = np.ascontiguousarray(pad_to_multiple(arr, factor))
-    # the same float ops as diffusers' VaeImageProcessor (x / 255 * 2 - 1), so indices match its pipelines
-    return torch.from_numpy(padded).permute(2, 0, 1).float().div_(255.0).mul_(2.0).sub_(1.0)
+    return from_uint8(torch.from_numpy(padded).permute(2, 0, 1))  # diffusers' float ops: indices match its pipelines
 
 
 # image output
-def write_image(arr: np.ndarray, fmt: str, options: EncodeOptions) -> bytes:
+def write_image(arr: np.ndarray, fmt: str, options: ImageCompression) -> bytes:
     """(H, W, C) uint8 with C in 1, 3, 4 -> PNG, JPEG or WebP bytes."""
     pil_format = OUTPUT_FORMATS[fmt]
     channels = arr.shape[2]
@@ -142,12 +143,6 @@ def write_image(arr: np.ndarray, fmt: str, options: EncodeOptions) -> bytes:
     else:
         im.save(out, "WEBP", quality=options.webp_quality)
     return out.getvalue()
-
-
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 arrays of one shape (inf when identical)."""
-    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 # base64

@@ -1,4 +1,5 @@
-"""FastAPI dependencies as `Annotated` aliases: the services object, the API-key check, the readiness gate.
+"""FastAPI dependencies and parameters as `Annotated` aliases: the services object, the API-key check, the
+readiness gate, the `model` query parameter.
 
 All `async def`: none blocks, and a plain `def` dependency costs a hop through the thread pool per request.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from .errors import ServiceError
 from .runtime import Services
@@ -20,6 +21,7 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+ModelQuery = Annotated[str | None, Query(description="served model name; default: the first configured")]
 
 
 async def require_api_key(request: Request, services: ServicesDep) -> None:
@@ -40,10 +42,7 @@ async def require_api_key(request: Request, services: ServicesDep) -> None:
 
 async def require_serving(services: ServicesDep) -> None:
     """Inference only while ready and not draining."""
-    if services.draining:
-        raise ServiceError("shutting_down", "the server is shutting down; retry shortly", {"Retry-After": "1"})
-    if not services.ready:
-        raise ServiceError("not_ready", "the models are still loading; retry shortly", {"Retry-After": "1"})
+    services.refuse_unless_serving()
 
 
 InferenceGuard = [Depends(require_api_key), Depends(require_serving)]

@@ -1,6 +1,7 @@
 """The running service's parts, held in one object on `app.state`: settings, engines, batcher, codec pool.
 
-Routes reach it through `deps.ServicesDep`; the lifespan in `app.py` builds, starts and stops it.
+Routes reach it through `deps.ServicesDep` and see models only as `ModelFacts`: the engines are the batcher's.
+The lifespan in `app.py` builds, starts and stops it.
 """
 
 from __future__ import annotations
@@ -9,17 +10,29 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from . import metrics
-from .batching import Batcher, BatchPolicy
-from .codecs import EncodeOptions
+from .batching import Batcher, BatchPolicy, draining_error
+from .codecs import ImageCompression
 from .engine import Engine
 from .errors import ServiceError
-from .payloads import ModelFacts
+from .facts import ModelFacts
 from .settings import Settings
 
 T = TypeVar("T")
+Status = Literal["ready", "loading", "draining"]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    status: Status
+    models: dict[str, bool]  # model name -> loaded and warmed
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
 
 
 class Services:
@@ -38,31 +51,42 @@ class Services:
             settings.request_timeout_s,
         )
         self.codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="codec")
-        self.encode_options = EncodeOptions(
+        self.compression = ImageCompression(
             png_compress_level=settings.png_compress_level,
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
         )
-        self.ready = False
-        self._facts: dict[str, ModelFacts] = {}
+        self.started = False  # every model loaded and the batcher running
 
-    def engine(self, name: str | None) -> Engine:
-        """The engine named by the `model` query parameter (the first configured one by default)."""
-        if name is None:
-            return self.engines[self.default_model]
-        if name not in self.engines:
+    def model(self, name: str | None) -> ModelFacts:
+        """The facts of the model named by the `model` query parameter (the first configured one by default)."""
+        if name is not None and name not in self.engines:
             raise ServiceError("model_not_found", f"no model {name!r}; served models: {sorted(self.engines)}")
-        return self.engines[name]
-
-    def facts(self, engine: Engine) -> ModelFacts:
-        """What the input checks need to know about a model, read once it is loaded (it never changes)."""
-        facts = self._facts.get(engine.name)
+        facts = self.engines[name or self.default_model].facts
         if facts is None:
-            facts = self._facts[engine.name] = ModelFacts.of(engine)
+            raise ServiceError("not_ready", "the models are still loading; retry shortly", retry_after_s=1)
         return facts
 
-    async def codec(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-bound (de)serialisation in the codec pool, timed under `kind`."""
+    def loaded_models(self) -> list[ModelFacts]:
+        return [engine.facts for engine in self.engines.values() if engine.facts is not None]
+
+    def readiness(self) -> Readiness:
+        """The one readiness rule: every model loaded and warmed, the batcher running, not draining."""
+        models = {name: engine.ready for name, engine in self.engines.items()}
+        if self.draining:
+            return Readiness("draining", models)
+        return Readiness("ready" if self.started and all(models.values()) else "loading", models)
+
+    def refuse_unless_serving(self) -> None:
+        """503 for inference while loading or draining."""
+        status = self.readiness().status
+        if status == "draining":
+            raise draining_error()
+        if status == "loading":
+            raise ServiceError("not_ready", "the models are still loading; retry shortly", retry_after_s=1)
+
+    async def offload(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound work (decoding, checking, encoding bodies) in the codec pool, timed under `kind`."""
 
         def timed() -> T:
             started = time.perf_counter()

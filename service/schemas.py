@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .facts import ModelFacts
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="short snake_case error kind")
@@ -26,6 +28,21 @@ class ModelInfo(BaseModel):
     vq_embed_dim: int
     device: str
     dtype: str
+
+    @classmethod
+    def of(cls, facts: ModelFacts) -> ModelInfo:
+        config = facts.config
+        return cls(
+            name=facts.name,
+            config=config.to_dict(),
+            codebook_size=config.codebook_size,
+            downsample_factor=config.downsample_factor,
+            in_channels=config.in_channels,
+            latent_channels=config.latent_channels,
+            vq_embed_dim=config.embed_dim,
+            device=facts.device,
+            dtype=facts.dtype,
+        )
 
 
 class ModelList(BaseModel):

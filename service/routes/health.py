@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -24,17 +22,10 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", responses={503: {"model": ReadyResponse, "description": "Loading or draining"}})
 async def readyz(services: ServicesDep) -> Response:
     """Readiness: 200 only when every model is loaded and warmed and the service is not draining."""
-    models = {name: engine.ready for name, engine in services.engines.items()}
-    status: Literal["ready", "loading", "draining"]
-    if services.draining:
-        status = "draining"
-    elif services.ready and all(models.values()):
-        status = "ready"
-    else:
-        status = "loading"
-    body = ReadyResponse(status=status, models=models)
+    readiness = services.readiness()
+    body = ReadyResponse(status=readiness.status, models=readiness.models)
     return Response(
-        orjson.dumps(body.model_dump()), status_code=200 if status == "ready" else 503, media_type="application/json"
+        orjson.dumps(body.model_dump()), status_code=200 if readiness.ready else 503, media_type="application/json"
     )
 
 

@@ -1,4 +1,4 @@
-"""POST /encode, /decode, /reconstruct: parse and validate, hand CPU work to the codec pool and images to the
+"""POST /encode, /decode, /reconstruct: parse and validate, hand CPU work to the codec pool and inputs to the
 batcher, pick the reply format. Handlers never compute tensors themselves."""
 
 from __future__ import annotations
@@ -10,36 +10,25 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ..codecs import write_image
-from ..deps import InferenceGuard, ServicesDep
-from ..engine import Engine
+from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
-from ..payloads import (
-    ImageInput,
-    check_decode_limits,
+from ..facts import ModelFacts
+from ..inputs import ImageInput, check_decode_limits, decode_from_json, decode_from_tensor, prepare_images
+from ..ops import LatentDecode, Op
+from ..protocols.rest import (
     crop_outputs,
-    decode_from_json,
-    decode_from_tensor,
     encode_binary,
     encode_json,
     images_binary,
     images_json,
-    prepare_images,
     reconstruct_reply,
 )
 from ..runtime import Services
 from ..schemas import DecodeJSONRequest, DecodeJSONResponse, EncodeBatchResponse, EncodeJSONRequest, EncodeResponse
-from .common import (
-    BINARY,
-    ModelQuery,
-    binary,
-    media_type,
-    negotiate,
-    read_image_files,
-    replies,
-    request_body,
-    run_items,
-    tensor_response,
-)
+from .admission import admit
+from .bodies import read_image_files, tensor_response
+from .negotiation import media_type, negotiate
+from .openapi import BINARY, binary, replies, request_body
 
 router = APIRouter(tags=["inference"], dependencies=InferenceGuard)
 
@@ -70,11 +59,9 @@ DECODE_BODY = request_body(
 )
 
 
-async def _images(request: Request, services: Services, engine: Engine) -> tuple[list[ImageInput], bool]:
+async def _images(request: Request, services: Services, facts: ModelFacts) -> tuple[list[ImageInput], bool]:
     files, batch_form = await read_image_files(request, services)
-    inputs = await services.codec(
-        "image_decode", prepare_images, files, services.facts(engine), services.settings.max_pixels
-    )
+    inputs = await services.offload("image_decode", prepare_images, files, facts, services.settings.max_pixels)
     return inputs, batch_form
 
 
@@ -104,19 +91,14 @@ async def encode(
     return_latents: Annotated[bool, Query(description="also return the latents before quantization")] = False,
 ) -> Response:
     """Encode images to codebook indices (and optionally latents)."""
-    engine = services.engine(model)
-    ticket = services.batcher.admit(engine.name)
-    try:
-        inputs, batch_form = await _images(request, services, engine)
-        results = await run_items(request, services, ticket, "encode", [i.tensor for i in inputs])
-    finally:
-        ticket.abandon()
+    facts = services.model(model)
+    async with admit(request, services, facts) as ticket:
+        inputs, batch_form = await _images(request, services, facts)
+        results = (await ticket.run(Op.ENCODE, [i.tensor for i in inputs])).values
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
-        body, shape = await services.codec("tensor_encode", encode_binary, results)
+        body, shape = await services.offload("tensor_encode", encode_binary, results)
         return tensor_response(body, shape, "int32", "application/octet-stream")
-    content = await services.codec(
-        "json_encode", encode_json, services.facts(engine), inputs, results, batch_form, return_latents
-    )
+    content = await services.offload("json_encode", encode_json, facts, inputs, results, batch_form, return_latents)
     return Response(content, media_type="application/json")
 
 
@@ -146,7 +128,7 @@ async def decode(
     ] = None,
 ) -> Response:
     """Decode codebook indices or latents to images."""
-    engine = services.engine(model)
+    facts = services.model(model)
     if scaling_factor is not None and (scaling_factor == 0 or not math.isfinite(scaling_factor)):
         raise ServiceError(
             "invalid_input", f"scaling_factor must be a finite number other than 0, got {scaling_factor}"
@@ -158,32 +140,27 @@ async def decode(
         raise ServiceError(
             "not_acceptable", "the reply can be image/png, image/jpeg, image/webp, application/json or tensor/binary"
         )
-    facts, settings = services.facts(engine), services.settings
-    ticket = services.batcher.admit(engine.name)
-    try:
+    settings = services.settings
+    async with admit(request, services, facts) as ticket:
         kind = media_type(request)
         body = await request.body()
         if kind == "application/json":
-            parsed = await services.codec("json_decode", decode_from_json, body, facts)
+            parsed = await services.offload("json_decode", decode_from_json, body, facts)
         elif kind in TENSOR_TYPES:
-            parsed = await services.codec("tensor_decode", decode_from_tensor, body, shape, dtype, facts)
+            parsed = await services.offload("tensor_decode", decode_from_tensor, body, shape, dtype, facts)
         else:
             raise ServiceError(
                 "unsupported_media_type",
                 f"Content-Type {kind or '(none)'!r} is not accepted; send application/json or tensor/binary",
             )
         check_decode_limits(parsed, facts, settings.max_images_per_request, settings.max_pixels)
-        params = (force_not_quantize, scaling_factor) if parsed.op == "decode_latents" else ()
-        outputs = crop_outputs(
-            await run_items(request, services, ticket, parsed.op, parsed.tensors, params), parsed.crop
-        )
-    finally:
-        ticket.abandon()
-    return await _image_reply(services, outputs, format, wanted)
+        params = LatentDecode(force_not_quantize, scaling_factor) if parsed.op == Op.DECODE_LATENTS else None
+        outcome = await ticket.run(parsed.op, parsed.tensors, params)
+    return await _image_reply(services, crop_outputs(outcome.values, parsed.crop), format, wanted)
 
 
 async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, wanted: str | None) -> Response:
-    options = services.encode_options
+    options = services.compression
     if fmt is not None or wanted in IMAGE_TYPES:
         fmt = fmt or IMAGE_TYPES[wanted or "image/png"]
         if len(outputs) > 1:
@@ -191,12 +168,12 @@ async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, 
                 "not_acceptable",
                 f"{len(outputs)} images cannot be one {fmt.upper()}; ask for application/json or tensor/binary",
             )
-        content = await services.codec("image_encode", write_image, outputs[0], fmt, options)
+        content = await services.offload("image_encode", write_image, outputs[0], fmt, options)
         return Response(content, media_type=FORMAT_TYPES[fmt])
     if wanted == "application/json":
-        content = await services.codec("image_encode", images_json, outputs, "png", options)
+        content = await services.offload("image_encode", images_json, outputs, "png", options)
         return Response(content, media_type="application/json")
-    body, shape = await services.codec("tensor_encode", images_binary, outputs)
+    body, shape = await services.offload("tensor_encode", images_binary, outputs)
     return tensor_response(body, shape, "uint8")
 
 
@@ -216,18 +193,15 @@ async def reconstruct(
     format: FormatQuery = None,  # noqa: A002
 ) -> Response:
     """Encode, quantize and decode one image; report PSNR against the input."""
-    engine = services.engine(model)
+    facts = services.model(model)
     fmt = format or IMAGE_TYPES.get(negotiate(request, list(IMAGE_TYPES)) or "image/png", "png")
-    ticket = services.batcher.admit(engine.name)
-    try:
-        inputs, _ = await _images(request, services, engine)
+    async with admit(request, services, facts) as ticket:
+        inputs, _ = await _images(request, services, facts)
         if len(inputs) != 1:
             raise ServiceError("invalid_input", f"/reconstruct takes one image, got {len(inputs)}")
-        (output,) = await run_items(request, services, ticket, "reconstruct", [inputs[0].tensor])
-    finally:
-        ticket.abandon()
-    content, quality = await services.codec(
-        "image_encode", reconstruct_reply, inputs[0], output, fmt, services.encode_options
+        (output,) = (await ticket.run(Op.RECONSTRUCT, [inputs[0].tensor])).values
+    content, quality = await services.offload(
+        "image_encode", reconstruct_reply, inputs[0], output, fmt, services.compression
     )
     return Response(content, media_type=FORMAT_TYPES[fmt], headers={"x-psnr": f"{quality:.4f}"})
 

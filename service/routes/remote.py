@@ -9,35 +9,38 @@ VQ semantics: decode computes `latents / scaling_factor + shift_factor` and deco
 `VQModel.decode` does (quantized first unless the model is set to skip it, as Kandinsky's MoVQ pipelines
 do); encode returns `(latents - shift_factor) * scaling_factor` of the latents before quantization.
 
-Inputs are read and checked by the same payload helpers as /encode and /decode, in the codec pool. Uint8
-replies ride the batcher like /decode. Float replies (`pt` without partial postprocessing, or `pil` for a
-client that brings its own processor) need the decoder's raw output, which the engine's batch ops do not
-return; they run on the engine's own thread through `_on_engine_thread`, within the queue bound.
+Inputs are read and checked by the shared input path, in the codec pool (wire format: `protocols/remote.py`).
+Every reply rides the batcher: uint8 images as /decode does, float replies (`pt` without partial
+postprocessing, or `pil` for a client that brings its own processor) as the engine op DECODE_FLOAT.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from .. import codecs
-from ..deps import InferenceGuard, ServicesDep
-from ..engine import Engine
+from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
-from ..payloads import check_count, check_decode_limits, images_binary, images_from_body, latents_binary, remote_latents
+from ..facts import ModelFacts
+from ..inputs import check_count, check_decode_limits
+from ..ops import FloatDecode, LatentDecode, Op
+from ..protocols.remote import float_images_binary, images_from_body, latents_binary, remote_latents
+from ..protocols.rest import images_binary
 from ..runtime import Services
-from .common import ModelQuery, binary, media_type, negotiate, replies, request_body, run_items, tensor_response
+from .admission import admit
+from .bodies import tensor_response
+from .negotiation import media_type, negotiate
+from .openapi import binary, replies, request_body
 
 router = APIRouter(prefix="/remote", tags=["remote (diffusers)"], dependencies=InferenceGuard)
 
 ShapeQuery = Annotated[list[int] | None, Query(description="tensor shape, repeated in order")]
 
 
-def force_not_quantize_default(services: Services, engine: Engine) -> bool:
+def force_not_quantize_default(services: Services, facts: ModelFacts) -> bool:
     """Whether a model decodes remote latents without quantizing them.
 
     The setting VQSERVE_REMOTE_FORCE_NOT_QUANTIZE (model names) decides when set; otherwise MoVQ-style models
@@ -46,39 +49,8 @@ def force_not_quantize_default(services: Services, engine: Engine) -> bool:
     """
     configured = services.settings.remote_force_not_quantize
     if configured is not None:
-        return engine.name in configured
-    return bool(engine.config.get("norm_type") == "spatial")
-
-
-async def _on_engine_thread(services: Services, engine: Engine, fn: Any, *args: Any) -> Any:
-    """Run `fn(model, *args)` on the engine's thread (where everything touching the device runs), holding one
-    admission slot so a full queue still answers 429, bounded by the request deadline."""
-    ticket = services.batcher.admit(engine.name, announce=False)  # a slot only: it never submits batch items
-    try:
-        timeout = services.settings.request_timeout_s
-        return await asyncio.wait_for(engine.run_on_thread(fn, *args), timeout)
-    except TimeoutError as exc:
-        raise ServiceError(
-            "deadline_exceeded",
-            "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed",
-        ) from exc
-    finally:
-        ticket.abandon()
-
-
-def _decode_float(
-    model: Any,
-    latents: list[torch.Tensor],
-    force_not_quantize: bool,
-    unit_range: bool,
-) -> torch.Tensor:
-    """B x (D, h, w) -> decoder output (B, C, H, W) in [-1, 1], or in [0, 1] as diffusers' processors make
-    (on the engine thread, under inference mode)."""
-    batch = torch.stack(latents).to(model.device, model.dtype)
-    images = model.decode(batch, force_not_quantize=force_not_quantize)
-    if unit_range:
-        images = (images / 2 + 0.5).clamp(0, 1)
-    return images.cpu()
+        return facts.name in configured
+    return facts.config.norm_type == "spatial"
 
 
 @router.post(
@@ -110,7 +82,7 @@ async def remote_decode(
     force_not_quantize: Annotated[bool | None, Query(description="default: the model's setting")] = None,
 ) -> Response:
     """diffusers' `remote_decode`: latents -> an image (pil) or a tensor (pt)."""
-    engine = services.engine(model)
+    facts = services.model(model)
     wanted = negotiate(request, ["image/png", "image/jpeg", "tensor/binary"])
     if wanted is None:
         raise ServiceError("not_acceptable", "the reply can be image/png, image/jpeg or tensor/binary")
@@ -122,37 +94,29 @@ async def remote_decode(
     if scaling_factor == 0:
         raise ServiceError("invalid_input", "scaling_factor must not be 0")
     if scaling_factor is None and do_scaling:
-        scaling_factor = float(engine.config.get("scaling_factor") or 1.0)
+        scaling_factor = facts.config.scaling_factor
     skip_quantize = force_not_quantize
     if skip_quantize is None:
-        skip_quantize = force_not_quantize_default(services, engine)
-    facts, settings = services.facts(engine), services.settings
-    body = await request.body()
-    latents = await services.codec(
-        "tensor_decode", remote_latents, body, shape, dtype, facts, scaling_factor, shift_factor
-    )
-    check_decode_limits(latents, facts, settings.max_images_per_request, settings.max_pixels)
-
-    if wanted == "tensor/binary" and not (output_type == "pt" and partial_postprocess):
-        # floats: raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
-        images = await _on_engine_thread(
-            services,
-            engine,
-            _decode_float,
-            latents.tensors,
-            skip_quantize,
-            output_type == "pil",
+        skip_quantize = force_not_quantize_default(services, facts)
+    floats = wanted == "tensor/binary" and not (output_type == "pt" and partial_postprocess)
+    settings = services.settings
+    async with admit(request, services, facts) as ticket:
+        body = await request.body()
+        latents = await services.offload(
+            "tensor_decode", remote_latents, body, shape, dtype, facts, scaling_factor, shift_factor
         )
-        content = await services.codec("tensor_encode", codecs.tensor_bytes, images)
-        return tensor_response(content, list(images.shape), engine.dtype)
-
-    ticket = services.batcher.admit(engine.name)
-    try:
-        outputs = await run_items(request, services, ticket, latents.op, latents.tensors, (skip_quantize, None))
-    finally:
-        ticket.abandon()
+        check_decode_limits(latents, facts, settings.max_images_per_request, settings.max_pixels)
+        if floats:  # raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
+            params: FloatDecode | LatentDecode = FloatDecode(skip_quantize, unit_range=output_type == "pil")
+            outcome = await ticket.run(Op.DECODE_FLOAT, latents.tensors, params)
+        else:
+            outcome = await ticket.run(Op.DECODE_LATENTS, latents.tensors, LatentDecode(skip_quantize))
+    outputs = outcome.values
+    if floats:
+        content, out_shape = await services.offload("tensor_encode", float_images_binary, outputs)
+        return tensor_response(content, out_shape, facts.dtype)
     if wanted == "tensor/binary":  # pt with partial postprocessing: uint8 (B, H, W, C)
-        content, out_shape = await services.codec("tensor_encode", images_binary, outputs)
+        content, out_shape = await services.offload("tensor_encode", images_binary, outputs)
         return tensor_response(content, out_shape, "uint8")
     if len(outputs) != 1:
         raise ServiceError(
@@ -160,13 +124,7 @@ async def remote_decode(
             f"{len(outputs)} images cannot be one image; ask for output_type=pt (tensor/binary)",
         )
     fmt = "png" if wanted == "image/png" else "jpeg"
-    content = await services.codec(
-        "image_encode",
-        codecs.write_image,
-        outputs[0],
-        fmt,
-        services.encode_options,
-    )
+    content = await services.offload("image_encode", codecs.write_image, outputs[0], fmt, services.compression)
     return Response(content, media_type=wanted)
 
 
@@ -189,19 +147,16 @@ async def remote_encode(
     shift_factor: Annotated[float | None, Query(description="subtracted before scaling")] = None,
 ) -> Response:
     """diffusers' `remote_encode`: an image (file or tensor) -> latents before quantization, scaled."""
-    engine = services.engine(model)
+    facts = services.model(model)
     settings = services.settings
-    ticket = services.batcher.admit(engine.name)
-    try:
+    async with admit(request, services, facts) as ticket:
         body = await request.body()
         if not body:
             raise ServiceError("bad_request", "the body is empty; send an image file or raw tensor bytes")
-        inputs = await services.codec(
-            "image_decode", images_from_body, body, shape, dtype, services.facts(engine), settings.max_pixels
+        inputs = await services.offload(
+            "image_decode", images_from_body, body, shape, dtype, facts, settings.max_pixels
         )
         check_count(len(inputs), settings.max_images_per_request)
-        results = await run_items(request, services, ticket, "encode", inputs)
-    finally:
-        ticket.abandon()
-    content, out_shape = await services.codec("tensor_encode", latents_binary, results, shift_factor, scaling_factor)
+        results = (await ticket.run(Op.ENCODE, inputs)).values
+    content, out_shape = await services.offload("tensor_encode", latents_binary, results, shift_factor, scaling_factor)
     return tensor_response(content, out_shape, "float32")

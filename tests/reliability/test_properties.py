@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service import codecs
-from service.batching import Batcher, BatchPolicy, Item
+from service.batching import Batcher, BatchPolicy
 from service.errors import ServiceError
+from service.ops import Op, OpParams
 from tests.images import noise, png
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,7 +79,7 @@ def test_damaged_pngs_decode_or_are_refused(cut: int, flips: list[tuple[int, int
 @given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]), st.integers(0, 2**32 - 1))
 def test_png_round_trip_is_exact(height: int, width: int, channels: int, seed: int) -> None:
     arr = noise(height, width, channels, seed)
-    data = codecs.write_image(arr, "png", codecs.EncodeOptions())
+    data = codecs.write_image(arr, "png", codecs.ImageCompression())
     assert np.array_equal(codecs.read_image(data, channels=channels, max_pixels=4096), arr)
 
 
@@ -145,10 +146,13 @@ class RecordingEngine:
 
     def __init__(self, poison: set[int]) -> None:
         self.poison = poison
-        self.batches: list[tuple[str, tuple[int, ...], list[int]]] = []
+        self.batches: list[tuple[Op, tuple[int, ...], list[int]]] = []
         self.gate = asyncio.Event()
 
-    async def compute(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
+    def cost(self, op: Op, shape: tuple[int, ...]) -> int:
+        return shape[-1] * shape[-2]
+
+    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append((op, tuple(payloads[0].shape), ids))
         await self.gate.wait()
@@ -159,7 +163,7 @@ class RecordingEngine:
 
 
 request_strategy = st.lists(
-    st.tuples(st.sampled_from(["encode", "decode_indices"]), st.sampled_from([2, 3]), st.booleans()),
+    st.tuples(st.sampled_from([Op.ENCODE, Op.DECODE_INDICES]), st.sampled_from([2, 3]), st.booleans()),
     min_size=1,
     max_size=4,
 )  # one request: its items as (op, side, abandoned?) -- all items of a request share op and side below
@@ -177,7 +181,7 @@ def test_batcher_invariants(
     max_batch_size: int,
     max_batch_pixels: int,
     max_queue: int,
-    requests: list[list[tuple[str, int, bool]]],
+    requests: list[list[tuple[Op, int, bool]]],
     poison_every: int,
 ) -> None:
     asyncio.run(
@@ -189,7 +193,7 @@ async def _batcher_scenario(
     max_batch_size: int,
     max_batch_pixels: int,
     max_queue: int,
-    requests: list[list[tuple[str, int, bool]]],
+    requests: list[list[tuple[Op, int, bool]]],
     poison_every: int,
 ) -> None:
     poison = set(range(1, 1000, poison_every)) if poison_every else set()
@@ -200,7 +204,7 @@ async def _batcher_scenario(
     try:
         # hold the engine with one request so that everything below queues behind it
         holder_ticket = batcher.admit("prop")
-        (holder,) = batcher.submit(holder_ticket, [Item("encode", torch.zeros(1, 5, 5), pixels=25)])
+        holder = asyncio.create_task(holder_ticket.run(Op.ENCODE, [torch.zeros(1, 5, 5)]))
         while not engine.batches:
             await asyncio.sleep(0)
 
@@ -213,36 +217,34 @@ async def _batcher_scenario(
                 refused += 1
                 continue
             op, side, _ = spec[0]
-            items = []
-            for _ in spec:
-                items.append(Item(op, torch.full((1, side, side), float(next_id)), pixels=side * side))
-                next_id += 1
-            futures = batcher.submit(ticket, items)
-            admitted.append((ticket, items, futures, spec[0][2]))
+            ids = list(range(next_id, next_id + len(spec)))
+            next_id += len(spec)
+            task = asyncio.create_task(ticket.run(op, [torch.full((1, side, side), float(i)) for i in ids]))
+            admitted.append((ticket, ids, task, spec[0][2]))
+        await asyncio.sleep(0)  # every run has queued its items
         assert len(admitted) == min(len(requests), max_queue)  # the queue bound, exactly
         assert refused == len(requests) - len(admitted)
 
         abandoned_ids = set()
-        for ticket, items, _, abandon in admitted:
+        for ticket, ids, _, abandon in admitted:
             if abandon:  # the client went away while its request waited
-                ticket.abandon()
-                abandoned_ids |= {int(i.payload.flatten()[0]) for i in items}
+                ticket.close()
+                abandoned_ids |= set(ids)
 
         engine.gate.set()
-        assert await asyncio.wait_for(holder, 10) == 0
-        for _, items, futures, abandon in admitted:
-            outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
-            for item, outcome in zip(items, outcomes, strict=True):
-                ident = int(item.payload.flatten()[0])
-                batch = next((b for b in engine.batches if ident in b[2]), None)
-                if abandon:
-                    assert batch is None  # never computed
-                    assert isinstance(outcome, ServiceError)
-                elif batch is not None and poison & set(batch[2]):
-                    assert isinstance(outcome, ServiceError)
-                    assert outcome.code == "batch_failed"
-                else:
-                    assert outcome == ident * 10  # its own result, not a neighbour's
+        assert (await asyncio.wait_for(holder, 10)).values == [0]
+        for _, ids, task, abandon in admitted:
+            (outcome,) = await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+            batches = [b for b in engine.batches if set(ids) & set(b[2])]
+            if abandon:
+                assert batches == []  # never computed
+                assert isinstance(outcome, ServiceError)
+            elif any(poison & set(b[2]) for b in batches):
+                assert isinstance(outcome, ServiceError)
+                assert outcome.code == "batch_failed"
+            else:
+                assert outcome.values == [i * 10 for i in ids]  # its own results, in order, not a neighbour's
+                assert outcome.batch_size == max(len(b[2]) for b in batches)
 
         computed = [i for _, _, ids in engine.batches for i in ids]
         assert len(computed) == len(set(computed))  # nothing computed twice
@@ -251,7 +253,7 @@ async def _batcher_scenario(
             assert len(ids) <= max_batch_size
             side = shape[-1]
             assert len(ids) == 1 or len(ids) * side * side <= max_batch_pixels
-            assert op in ("encode", "decode_indices")
+            assert op in (Op.ENCODE, Op.DECODE_INDICES)
         assert batcher.pending == 0
         assert batcher.idle()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from service.batching import Batcher, BatchPolicy, Item, Ticket
+from service.batching import Batcher, BatchPolicy, Outcome, Ticket
 from service.errors import ServiceError
+from service.ops import LatentDecode, NoParams, Op, OpParams
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -23,13 +25,18 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.params: list[OpParams] = []
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.poison: int | None = None
 
-    async def compute(self, op: str, payloads: list[torch.Tensor], params: tuple[Any, ...]) -> list[Any]:
+    def cost(self, op: Op, shape: tuple[int, ...]) -> int:
+        return shape[-1] * shape[-2]
+
+    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append(ids)
+        self.params.append(params)
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -38,8 +45,8 @@ class FakeEngine:
         return [i * 10 for i in ids]
 
 
-def item(ident: int, side: int = 2, op: str = "encode") -> Item:
-    return Item(op, torch.full((1, side, side), float(ident)), pixels=side * side)
+def item(ident: int, side: int = 2) -> torch.Tensor:
+    return torch.full((1, side, side), float(ident))
 
 
 def run(test: Callable[[Batcher, FakeEngine], Awaitable[None]], **policy: Any) -> None:
@@ -56,24 +63,35 @@ def run(test: Callable[[Batcher, FakeEngine], Awaitable[None]], **policy: Any) -
     asyncio.run(main())
 
 
-def submit(batcher: Batcher, *items: Item) -> tuple[Ticket, list[asyncio.Future[Any]]]:
-    ticket = batcher.admit("fake")
-    return ticket, batcher.submit(ticket, list(items))
+async def submit(
+    batcher: Batcher, *inputs: torch.Tensor, op: Op = Op.ENCODE, ticket: Ticket | None = None
+) -> tuple[Ticket, asyncio.Task[Outcome]]:
+    """Admit (unless a ticket is given) and start `run` as a task; its items are queued when this returns."""
+    ticket = ticket or batcher.admit("fake")
+    task = asyncio.create_task(ticket.run(op, list(inputs)))
+    await asyncio.sleep(0)  # run() queues its items before its first await
+    return ticket, task
 
 
-async def busy(batcher: Batcher, engine: FakeEngine, ident: int = 0) -> asyncio.Future[Any]:
+async def value(task: asyncio.Task[Outcome]) -> Any:
+    """The one result of a single-input run."""
+    (result,) = (await task).values
+    return result
+
+
+async def busy(batcher: Batcher, engine: FakeEngine, ident: int = 0) -> asyncio.Task[Outcome]:
     """Occupy the engine with one batch held at the gate."""
     engine.gate = asyncio.Event()
-    _, (future,) = submit(batcher, item(ident))
+    _, task = await submit(batcher, item(ident))
     await asyncio.wait_for(engine.started.wait(), 2)
-    return future
+    return task
 
 
 def test_idle_engine_computes_at_once_without_waiting() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         started = time.monotonic()
-        _, (future,) = submit(batcher, item(7))
-        assert await future == 70
+        _, task = await submit(batcher, item(7))
+        assert await value(task) == 70
         assert time.monotonic() - started < 0.5  # max_wait is 2 s but nothing else was coming
 
     run(body, max_wait_s=2.0)
@@ -82,38 +100,73 @@ def test_idle_engine_computes_at_once_without_waiting() -> None:
 def test_items_arriving_while_busy_ride_one_batch() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        futures = [submit(batcher, item(i))[1][0] for i in (1, 2, 3)]
+        tasks = [(await submit(batcher, item(i)))[1] for i in (1, 2, 3)]
         assert engine.gate is not None
         engine.gate.set()
-        assert await first == 0
-        assert await asyncio.gather(*futures) == [10, 20, 30]
+        assert await value(first) == 0
+        assert [await value(t) for t in tasks] == [10, 20, 30]
         assert engine.batches == [[0], [1, 2, 3]]
 
     run(body)
 
 
+def test_outcome_carries_the_facts_of_its_batches() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        ticket, task = await submit(batcher, item(1), item(2), item(3))
+        await asyncio.sleep(0.05)
+        assert engine.gate is not None
+        engine.gate.set()
+        await first
+        outcome = await task
+        assert outcome.values == [10, 20, 30]
+        assert outcome.batch_size == 2  # max_batch_size 2: its items rode batches of 2 and 1
+        assert outcome.queue_s >= 0.05
+        assert outcome.compute_s > 0
+        assert ticket.batch_size == 2
+
+    run(body, max_batch_size=2)
+
+
 def test_max_batch_size_and_pixels_split_batches() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        futures = [submit(batcher, item(i))[1][0] for i in range(1, 6)]
+        tasks = [(await submit(batcher, item(i)))[1] for i in range(1, 6)]
         assert engine.gate is not None
         engine.gate.set()
-        await asyncio.gather(first, *futures)
+        await asyncio.gather(first, *tasks)
         assert engine.batches == [[0], [1, 2], [3, 4], [5]]
 
     run(body, max_batch_size=2)
     run(body, max_batch_size=8, max_batch_pixels=8)  # 4 pixels per item: two fit
 
 
-def test_one_queue_per_shape() -> None:
+def test_one_queue_per_op_shape_and_params() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        futures = [submit(batcher, item(i, side=2 + i % 2))[1][0] for i in range(1, 5)]
-        futures.append(submit(batcher, item(9, op="reconstruct"))[1][0])
+        tasks = [(await submit(batcher, item(i, side=2 + i % 2)))[1] for i in range(1, 5)]
+        tasks.append((await submit(batcher, item(9), op=Op.RECONSTRUCT))[1])
+        for ident, force in ((6, True), (7, False), (8, True)):
+            ticket = batcher.admit("fake")
+            tasks.append(asyncio.create_task(ticket.run(Op.DECODE_LATENTS, [item(ident)], LatentDecode(force))))
+        await asyncio.sleep(0)
         assert engine.gate is not None
         engine.gate.set()
-        await asyncio.gather(first, *futures)
-        assert sorted(engine.batches[1:]) == [[1, 3], [2, 4], [9]]
+        await asyncio.gather(first, *tasks)
+        assert sorted(engine.batches[1:]) == [[1, 3], [2, 4], [6, 8], [7], [9]]
+        assert engine.params[0] == NoParams()
+        assert LatentDecode(True) in engine.params
+        assert LatentDecode(False) in engine.params
+
+    run(body)
+
+
+def test_an_op_refuses_another_ops_parameters() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        async with batcher.admit("fake") as ticket:
+            with pytest.raises(TypeError, match="LatentDecode"):
+                await ticket.run(Op.ENCODE, [item(1)], LatentDecode())
+        assert batcher.pending == 0
 
     run(body)
 
@@ -121,16 +174,16 @@ def test_one_queue_per_shape() -> None:
 def test_waits_for_admitted_requests_still_decoding_up_to_max_wait() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         late = batcher.admit("fake")  # admitted, inputs still being decoded
-        _, (early,) = submit(batcher, item(1))
+        _, early = await submit(batcher, item(1))
         await asyncio.sleep(0.05)
-        (later,) = batcher.submit(late, [item(2)])
-        assert await asyncio.gather(early, later) == [10, 20]
+        _, later = await submit(batcher, item(2), ticket=late)
+        assert [await value(early), await value(later)] == [10, 20]
         assert engine.batches == [[1, 2]]
-        # an announced request that never comes delays the batch by at most max_wait
+        # an admitted request that never comes delays the batch by at most max_wait
         batcher.admit("fake")
         started = time.monotonic()
-        _, (alone,) = submit(batcher, item(3))
-        assert await alone == 30
+        _, alone = await submit(batcher, item(3))
+        assert await value(alone) == 30
         assert 0.25 <= time.monotonic() - started < 2.0
 
     run(body, max_wait_s=0.3)
@@ -139,7 +192,7 @@ def test_waits_for_admitted_requests_still_decoding_up_to_max_wait() -> None:
 def test_full_queue_answers_429_at_once_then_recovers() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        _, (second,) = submit(batcher, item(1))
+        _, second = await submit(batcher, item(1))
         with pytest.raises(ServiceError) as info:
             batcher.admit("fake")
         assert info.value.status == 429
@@ -147,8 +200,8 @@ def test_full_queue_answers_429_at_once_then_recovers() -> None:
         assert engine.gate is not None
         engine.gate.set()
         await asyncio.gather(first, second)
-        _, (third,) = submit(batcher, item(2))
-        assert await third == 20
+        _, third = await submit(batcher, item(2))
+        assert await value(third) == 20
 
     run(body, max_queue=1)  # the computing request no longer counts, the queued one does
 
@@ -156,50 +209,73 @@ def test_full_queue_answers_429_at_once_then_recovers() -> None:
 def test_expired_items_fail_504_and_are_never_computed() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        _, (late,) = submit(batcher, item(5))
+        _, late = await submit(batcher, item(5))
         await asyncio.sleep(0.3)  # past the 0.2 s deadline while queued
-        assert engine.gate is not None
-        engine.gate.set()
-        await first
         with pytest.raises(ServiceError) as info:
             await late
         assert info.value.status == 504
+        with pytest.raises(ServiceError):
+            await first  # computing when its deadline passed: the caller stops waiting too
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.sleep(0.05)
         assert [5] not in engine.batches
+        assert batcher.pending == 0
 
     run(body, timeout=0.2)
 
 
-def test_abandoned_requests_are_dropped_before_compute() -> None:
+def test_a_client_that_leaves_stops_its_request_before_compute() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        gone, _ = submit(batcher, item(4), item(5))
-        _, (kept,) = submit(batcher, item(6))
-        gone.abandon()  # the client disconnected
+        left = asyncio.Event()
+        ticket = batcher.admit("fake", disconnected=left.wait)
+        _, gone = await submit(batcher, item(4), item(5), ticket=ticket)
+        _, kept = await submit(batcher, item(6))
+        left.set()  # the client disconnected
+        with pytest.raises(ServiceError) as info:
+            await gone
+        assert info.value.status == 499
         assert engine.gate is not None
         engine.gate.set()
         await first
-        assert await kept == 60
+        assert await value(kept) == 60
         assert engine.batches == [[0], [6]]
         assert batcher.pending == 0
 
     run(body)
 
 
+def test_a_ticket_that_ends_without_running_gives_back_its_slot() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        async with batcher.admit("fake"):
+            assert batcher.pending == 1
+            assert batcher.workers["fake"].decoding == 1
+        assert batcher.pending == 0
+        assert batcher.workers["fake"].decoding == 0
+        with contextlib.suppress(ValueError):
+            async with batcher.admit("fake"):
+                raise ValueError("a bad body")
+        assert batcher.pending == 0
+
+    run(body, max_queue=1)
+
+
 def test_failing_batch_fails_only_its_items_and_the_worker_goes_on() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         engine.poison = 1
         first = await busy(batcher, engine)
-        _, (bad,) = submit(batcher, item(1))
-        _, (other_shape,) = submit(batcher, item(2, side=3))
+        _, bad = await submit(batcher, item(1))
+        _, other_shape = await submit(batcher, item(2, side=3))
         assert engine.gate is not None
         engine.gate.set()
         await first
         with pytest.raises(ServiceError) as info:
             await bad
         assert info.value.status == 500
-        assert await other_shape == 20
-        _, (after,) = submit(batcher, item(3))
-        assert await after == 30
+        assert await value(other_shape) == 20
+        _, after = await submit(batcher, item(3))
+        assert await value(after) == 30
 
     run(body)
 
@@ -207,7 +283,7 @@ def test_failing_batch_fails_only_its_items_and_the_worker_goes_on() -> None:
 def test_draining_refuses_new_requests_and_finishes_admitted_ones() -> None:
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        _, (queued,) = submit(batcher, item(1))
+        _, queued = await submit(batcher, item(1))
         drain = asyncio.create_task(batcher.drain(5.0))
         await asyncio.sleep(0.05)
         with pytest.raises(ServiceError) as info:
@@ -216,26 +292,9 @@ def test_draining_refuses_new_requests_and_finishes_admitted_ones() -> None:
         assert engine.gate is not None
         engine.gate.set()
         assert await drain is True
-        assert await asyncio.gather(first, queued) == [0, 10]
+        assert [await value(first), await value(queued)] == [0, 10]
 
     run(body)
-
-
-def test_slot_only_tickets_do_not_hold_batches_back() -> None:
-    """A slot taken by work that never submits items (protocol adapters) counts against max_queue only."""
-
-    async def body(batcher: Batcher, engine: FakeEngine) -> None:
-        slot = batcher.admit("fake", announce=False)
-        started = time.monotonic()
-        _, (future,) = submit(batcher, item(1))
-        assert await future == 10
-        assert time.monotonic() - started < 0.5  # max_wait is 2 s: nothing waited for the slot-only ticket
-        assert batcher.pending == 1
-        slot.release()
-        assert batcher.pending == 0
-        assert batcher.workers["fake"].announced == 0
-
-    run(body, max_wait_s=2.0)
 
 
 async def next_batch_started(engine: FakeEngine, count: int) -> None:
@@ -261,19 +320,18 @@ def test_abandoned_request_in_another_queue_is_dropped_at_the_next_wakeup() -> N
 
     async def body(batcher: Batcher, engine: FakeEngine) -> None:
         first = await busy(batcher, engine)
-        _, (next_up,) = submit(batcher, item(1))  # the oldest head: dispatched next
-        gone, (dropped,) = submit(batcher, item(2, side=3))
-        gone.abandon()
+        _, next_up = await submit(batcher, item(1))  # the oldest head: dispatched next
+        gone, dropped = await submit(batcher, item(2, side=3))
+        gone.close()
         gate = release_and_hold_the_next(engine)
         await first
         await next_batch_started(engine, 2)
-        assert dropped.done()
-        with pytest.raises(ServiceError) as info:
-            dropped.result()
-        assert info.value.status == 504
         assert list(batcher.workers["fake"].queues) == []
+        with pytest.raises(ServiceError) as info:
+            await dropped
+        assert info.value.status == 504
         gate.set()
-        assert await next_up == 10
+        assert await value(next_up) == 10
         assert engine.batches == [[0], [1]]
 
     run(body)
@@ -286,24 +344,24 @@ def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
         first = await busy(batcher, engine)
         now = time.monotonic()
 
-        def submit_arrived(ago: float, payload: Item) -> asyncio.Future[Any]:
-            ticket = batcher.admit("fake", arrival=now - ago)
-            return batcher.submit(ticket, [payload])[0]
+        async def submit_arrived(ago: float, payload: torch.Tensor) -> asyncio.Task[Outcome]:
+            ticket = batcher.admit("fake")
+            ticket.arrival, ticket.deadline = now - ago, now - ago + 10.0
+            return (await submit(batcher, payload, ticket=ticket))[1]
 
-        young = submit_arrived(0.5, item(3, side=3))
-        expired = submit_arrived(11.0, item(4, side=3))  # past its 10 s deadline, behind `young`
-        next_up = submit_arrived(1.0, item(5))  # older than `young`: its queue goes first
+        young = await submit_arrived(0.5, item(3, side=3))
+        expired = await submit_arrived(11.0, item(4, side=3))  # past its 10 s deadline, behind `young`
+        next_up = await submit_arrived(1.0, item(5))  # older than `young`: its queue goes first
         gate = release_and_hold_the_next(engine)
         await first
         await next_batch_started(engine, 2)
         assert engine.batches[1] == [5]
-        assert expired.done()
         with pytest.raises(ServiceError) as info:
-            expired.result()
+            await expired
         assert info.value.status == 504
         assert not young.done()
         gate.set()
-        assert await asyncio.gather(next_up, young) == [50, 30]
+        assert [await value(next_up), await value(young)] == [50, 30]
         assert [4] not in engine.batches
 
     run(body)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from model import VQModel
-from service.engine import Engine, ModelLoadError, resolve_device, resolve_dtype
+from service.engine import Engine, ModelLoadError, resolve_dtype, serving_device
+from service.ops import FloatDecode, LatentDecode, NoParams, Op
 from service.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,18 +25,18 @@ def test_auto_dtype_is_float32_on_cpu_and_explicit_dtypes_win() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
-    assert resolve_device("auto") == torch.device("cpu")
+    assert serving_device("auto") == torch.device("cpu")
     with pytest.raises(ModelLoadError, match="VQSERVE_DEVICE"):
-        resolve_device("cuda")
+        serving_device("cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_on_gpu_is_half_precision(tiny_checkpoint: Path) -> None:
     engine = Engine(Settings(model_path=tiny_checkpoint).model_specs()[0], Settings(model_path=tiny_checkpoint))
-    engine.load()
-    assert engine.device.startswith("cuda")
-    assert engine.dtype in ("bfloat16", "float16")
+    facts = engine.load()
+    assert facts.device.startswith("cuda")
+    assert facts.dtype in ("bfloat16", "float16")
     engine.close()
 
 
@@ -45,7 +46,7 @@ def test_engine_warms_up_and_computes_batches_matching_the_model(tiny_checkpoint
     engine.load()
     assert engine.ready
     x = torch.rand(2, 3, 8, 8) * 2 - 1
-    results = asyncio.run(engine.compute("encode", list(x), ()))
+    results = asyncio.run(engine.compute(Op.ENCODE, list(x), NoParams()))
     engine.close()
     model = VQModel.from_pretrained(tiny_checkpoint)
     with torch.inference_mode():
@@ -60,11 +61,10 @@ def test_engine_warms_up_and_computes_batches_matching_the_model(tiny_checkpoint
 def test_bfloat16_engine_serves_with_float32_distances(tiny_checkpoint: Path) -> None:
     settings = Settings(model_path=tiny_checkpoint, dtype="bfloat16", warmup=False)
     engine = Engine(settings.model_specs()[0], settings)
-    engine.load()
-    assert engine.dtype == "bfloat16"
+    assert engine.load().dtype == "bfloat16"
     x = torch.rand(3, 8, 8) * 2 - 1
-    (result,) = asyncio.run(engine.compute("encode", [x], ()))
-    (image,) = asyncio.run(engine.compute("decode_indices", [result.indices.long()], ()))
+    (result,) = asyncio.run(engine.compute(Op.ENCODE, [x], NoParams()))
+    (image,) = asyncio.run(engine.compute(Op.DECODE_INDICES, [result.indices.long()], NoParams()))
     engine.close()
     assert result.latents.dtype == torch.float32
     assert int(result.indices.min()) >= 0
@@ -79,3 +79,26 @@ def test_missing_checkpoint_names_path_and_setting(tmp_path: Path) -> None:
         engine.load()
     assert str(tmp_path) in str(info.value)
     engine.close()
+
+
+def test_every_decode_op_matches_the_model(tiny_checkpoint: Path) -> None:
+    """The float op is a batch op like the others (no side door): same decoder output as `VQModel.decode`."""
+    settings = Settings(model_path=tiny_checkpoint, warmup=False)
+    engine = Engine(settings.model_specs()[0], settings)
+    engine.load()
+    latents = torch.randn(2, 4, 4, 4)
+    raw = engine.run(Op.DECODE_FLOAT, list(latents), FloatDecode(force_not_quantize=True))
+    unit = engine.run(Op.DECODE_FLOAT, list(latents), FloatDecode(unit_range=True))
+    images = engine.run(Op.DECODE_LATENTS, list(latents), LatentDecode(scaling_factor=2.0))
+    with pytest.raises(TypeError):
+        engine.run(Op.DECODE_FLOAT, list(latents), LatentDecode())
+    engine.close()
+    model = VQModel.from_pretrained(tiny_checkpoint)
+    with torch.inference_mode():
+        expected_raw = model.decode(latents, force_not_quantize=True)
+        expected_unit = (model.decode(latents) / 2 + 0.5).clamp(0, 1)
+        expected_images = model.decode(latents / 2.0).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    assert torch.allclose(torch.stack(raw), expected_raw, atol=1e-5)
+    assert torch.allclose(torch.stack(unit), expected_unit, atol=1e-5)
+    got = torch.from_numpy(images[1]).permute(2, 0, 1).int()
+    assert (got - expected_images[1].int()).abs().max() <= 1

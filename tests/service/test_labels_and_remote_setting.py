@@ -7,7 +7,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import endpoint_label
+from service.middleware import endpoint_label
 from service.settings import Settings
 
 

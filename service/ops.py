@@ -1,0 +1,79 @@
+"""What the engine can be asked to do: the ops, one typed parameter object each, and what they return.
+
+Shared vocabulary of the batcher (which queues items per op, shape and parameters) and the engine (which runs
+them); neither knows the other's internals. Items of one batch share their op and their parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+
+class Op(StrEnum):
+    """One engine operation; the value is the `op` label of the batch metrics."""
+
+    ENCODE = "encode"  # image (C, H, W) in [-1, 1] -> Encoded
+    RECONSTRUCT = "reconstruct"  # image (C, H, W) -> uint8 (H, W, C) through the codebook
+    DECODE_INDICES = "decode_indices"  # indices (h, w) int64 -> uint8 (H, W, C)
+    DECODE_LATENTS = "decode_latents"  # latents (D, h, w) float32 -> uint8 (H, W, C)
+    DECODE_FLOAT = "decode_float"  # latents (D, h, w) float32 -> the decoder's floats (C, H, W)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The ops that take nothing but their input."""
+
+
+@dataclass(frozen=True)
+class LatentDecode:
+    """How latents become images (DECODE_LATENTS)."""
+
+    force_not_quantize: bool = False  # decode the latents as given instead of snapping them to the codebook
+    scaling_factor: float | None = None  # latents are divided by it first, as diffusion pipelines do
+
+
+@dataclass(frozen=True)
+class FloatDecode:
+    """DECODE_FLOAT: the decoder's output as floats, for clients that post-process it themselves."""
+
+    force_not_quantize: bool = False
+    unit_range: bool = False  # False: raw decoder output (~[-1, 1]); True: mapped to [0, 1] and clamped
+
+
+OpParams = NoParams | LatentDecode | FloatDecode
+PARAMS: dict[Op, type[OpParams]] = {
+    Op.ENCODE: NoParams,
+    Op.RECONSTRUCT: NoParams,
+    Op.DECODE_INDICES: NoParams,
+    Op.DECODE_LATENTS: LatentDecode,
+    Op.DECODE_FLOAT: FloatDecode,
+}
+# ops whose input is an image at full resolution (the others take a latent grid, 1/f of the output's sides)
+IMAGE_INPUT_OPS = frozenset({Op.ENCODE, Op.RECONSTRUCT})
+
+
+def check_params(op: Op, params: OpParams | None) -> OpParams:
+    """The op's parameters (its defaults when None); a TypeError for another op's parameter object."""
+    expected = PARAMS[op]
+    if params is None:
+        return expected()
+    if not isinstance(params, expected):
+        raise TypeError(f"op {op} takes {expected.__name__}, got {type(params).__name__}")
+    return params
+
+
+def output_pixels(op: Op, shape: tuple[int, ...], downsample_factor: int) -> int:
+    """Image pixels an item of `shape` stands for: its input's for encode, its output's for decode."""
+    h, w = shape[-2], shape[-1]
+    return h * w if op in IMAGE_INPUT_OPS else h * w * downsample_factor**2
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """ENCODE's result for one image."""
+
+    indices: torch.Tensor  # (h, w) int32
+    latents: torch.Tensor  # (D, h, w) float32, after quant_conv, before quantization
