@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import VQModel
+from model.device import resolve_device
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "default"
 
@@ -67,8 +68,8 @@ def main() -> None:
 
     from diffusers import VQModel as DiffusersVQModel
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    device = resolve_device("auto")  # the service's rule: the first CUDA device when there is one
+    cuda = device.type == "cuda"
     if not cuda:  # smoke mode: prove the script runs
         args.sizes, args.batch, args.iters = [64], 2, 2
     if args.dtype == "auto":

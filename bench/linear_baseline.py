@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from model import VQModel
+from model.pixels import psnr, to_uint8
 from model.quantizer import VectorQuantizer
 from model.training import data
-from model.training.evaluate import evaluate, psnr, to_uint8
+from model.training.evaluate import evaluate
 from model.training.presets import OPENCV_PHOTOS
 
 
@@ -52,8 +53,10 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Gener
     return centres
 
 
-def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return round(sum(psnr(to_uint8(x), to_uint8(y)) for x, y in zip(a, b, strict=True)) / len(a), 3)
+def mean_psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean PSNR of `images` against `reference`, pair by pair, both rounded to 8 bits as `evaluate` measures."""
+    pairs = zip(reference, images, strict=True)
+    return round(sum(psnr(to_uint8(x), to_uint8(y)) for x, y in pairs) / len(images), 3)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -118,9 +118,11 @@ class BareModels:
         from diffusers import VQModel as DiffusersVQModel
 
         from model import VQModel
+        from model.pixels import from_uint8
 
-        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 127.5 - 1
-        self.one = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        # the photo as the service hands it to the model: 8-bit RGB through model.pixels.from_uint8
+        pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8))
+        self.one = from_uint8(pixels.permute(2, 0, 1).contiguous())[None]
         self.eight = self.one.repeat(8, 1, 1, 1)
         self.theirs = DiffusersVQModel.from_pretrained(checkpoint).eval()
         self.ours = VQModel.from_pretrained(checkpoint).optimize_for_inference()

@@ -5,6 +5,9 @@ crops of the photos scikit-image and scikit-learn ship (or a folder, or scikit-l
 evaluation photos. At each evaluation the best model so far is written to --out (config.json, safetensors,
 training.json), so a run may be stopped at any time; the full training state (optimizer included) goes to
 --state for --resume. Runs on CPU or GPU; a --seed fixes the run.
+
+Training-only: it runs from a checkout (its `model/training` package and the dev dependencies are not part of the
+installed service), and nothing on the serving path imports it.
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import VQModel, VQModelConfig
-from model.training import data
-from model.training.evaluate import evaluate
-from model.training.objective import CodebookKeeper, forward_loss
-from model.training.presets import PRESETS, Preset
+from model.device import DeviceError, resolve_device
+
+try:
+    from model.training import data
+    from model.training.evaluate import evaluate
+    from model.training.objective import CodebookKeeper, forward_loss
+    from model.training.presets import PRESETS, Preset
+except ModuleNotFoundError as exc:  # the installed wheel leaves model/training out (pyproject.toml)
+    if exc.name != "model.training":
+        raise
+    raise SystemExit(
+        "error: training runs from a checkout of the repository (python -m model.train in its root); "
+        "the installed vqserve package does not include model/training"
+    ) from None
 
 LR_WARMUP = 100  # steps of linear learning-rate warm-up
 
@@ -54,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path, help="start from the weights of this diffusers-format checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--state", type=Path, help="resumable training state file (default runs/<out>/state.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from --state")
     args = parser.parse_args(argv)
@@ -82,12 +95,6 @@ def build_config(args: argparse.Namespace) -> VQModelConfig:
     return VQModelConfig.from_dict(PRESETS[args.preset].config)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def learning_rate(step: int, total: int, peak: float) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
     if step < LR_WARMUP:
@@ -103,7 +110,7 @@ class Run:
         self.args = args
         torch.manual_seed(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
-        self.device = pick_device(args.device)
+        self.device = resolve_device(args.device)
         self.config = build_config(args)
         self.model = VQModel(self.config).to(self.device).train()
         if args.init is not None:
@@ -310,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Run(args)
+    try:
+        run = Run(args)
+    except DeviceError as exc:  # before any data is loaded or model built: the device is resolved first
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.resume:
         if not args.state.is_file():
             print(f"--resume: no state file at {args.state}", file=sys.stderr)

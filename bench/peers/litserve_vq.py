@@ -1,7 +1,8 @@
 """The peer: LitServe with batching hosting diffusers' VQModel, with LitServe's idiomatic JSON/base64 interface.
 
 POST /predict {"image": "<base64 PNG>"} -> {"image": "<base64 PNG>"} (reconstruction through the codes). Batching:
-max batch 8, a few ms batch timeout. Dev-only (litserve and diffusers are dev dependencies).
+max batch 8, a few ms batch timeout. Dev-only (litserve and diffusers are dev dependencies). Pixels convert with
+`model.pixels`, as in vqserve (diffusers' own arithmetic): the peer differs in its serving stack, not in its maths.
 
     python -m bench.peers.litserve_vq --checkpoint model/weights/default --port 8100
 """
@@ -18,6 +19,8 @@ import torch
 from diffusers import VQModel
 from PIL import Image
 
+from model.pixels import from_uint8, to_uint8
+
 
 class VQReconstructAPI(ls.LitAPI):
     def __init__(self, checkpoint: str, **kwargs: object) -> None:
@@ -30,8 +33,8 @@ class VQReconstructAPI(ls.LitAPI):
 
     def decode_request(self, request: dict) -> torch.Tensor:
         image = Image.open(io.BytesIO(base64.b64decode(request["image"]))).convert("RGB")
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        return array.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # (H, W, C)
+        return from_uint8(pixels.permute(2, 0, 1).contiguous())  # -> (C, H, W) in [-1, 1]
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
@@ -44,7 +47,7 @@ class VQReconstructAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output: torch.Tensor) -> dict:
-        pixels = ((output.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        pixels = to_uint8(output).permute(1, 2, 0).cpu().numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         return {"image": base64.b64encode(buffer.getvalue()).decode()}

@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 
 from model import VQModel
+from model.pixels import to_uint8
 from model.training import data
-from model.training.evaluate import evaluate, to_uint8
+from model.training.evaluate import evaluate
 
 
 def code_colours(num_codes: int) -> np.ndarray:
@@ -44,7 +45,7 @@ def reconstruction_grid(model: VQModel, images: torch.Tensor, scale: int = 1) ->
     for i in range(n):
         x0 = pad + i * (size + pad)
         for row, tile in enumerate((images[i], recon[i])):
-            pixels = to_uint8(tile).permute(1, 2, 0).numpy().astype(np.uint8)  # (S, S, C), C = 1 or 3
+            pixels = to_uint8(tile).permute(1, 2, 0).numpy()  # (S, S, C), C = 1 or 3
             y0 = pad + row * (size + pad)
             canvas[y0 : y0 + size, x0 : x0 + size] = pixels
         codes = palette[indices[i].numpy()]  # (S/f, S/f, 3)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.pixels import from_uint8
+
 HELD_OUT = ("china.jpg", "flower.jpg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 96  # smaller files in skimage.data are icons and test patterns, not photos
@@ -30,17 +32,17 @@ class NamedImage:
 
 
 def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
-    """PIL image -> (C, H, W) float32 in [-1, 1], converted to RGB or L."""
+    """PIL image -> (C, H, W) float32 in [-1, 1], converted to RGB or L.
+
+    The 8-bit pixels go through `model.pixels.from_uint8`, the conversion the service applies to the images it is
+    sent, so training sees bit for bit the inputs the served model gets."""
     mode = "RGB" if channels == 3 else "L"
     if image.mode in ("RGBA", "LA", "P"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    array = np.asarray(image.convert(mode), dtype=np.float32) / 127.5 - 1.0
-    if array.ndim == 2:
-        array = array[None]
-    else:
-        array = array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    pixels = torch.from_numpy(np.array(image.convert(mode), dtype=np.uint8))  # (H, W) or (H, W, C), a writable copy
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()  # -> (C, H, W)
+    return from_uint8(pixels)
 
 
 def _load_files(paths: list[Path], channels: int) -> list[NamedImage]:

@@ -1,6 +1,7 @@
 """Evaluation on held-out images: PSNR of the 8-bit reconstructions, codebook usage and perplexity.
 
-PSNR is computed on images rounded to 8 bits, as the service returns them, with peak 255.
+PSNR is `model.pixels.psnr` of the input and its reconstruction, both rounded to 8 bits by `model.pixels.to_uint8`
+as the service returns images, with peak 255 (inf for an exact reconstruction).
 """
 
 from __future__ import annotations
@@ -12,17 +13,7 @@ from typing import Any
 import torch
 
 from model import VQModel
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> 0..255 as the service encodes them."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two 0..255 images."""
-    mse = float((a - b).pow(2).mean())
-    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+from model.pixels import psnr, to_uint8
 
 
 @torch.no_grad()
@@ -38,7 +29,7 @@ def evaluate(model: VQModel, names: list[str], images: torch.Tensor, batch_size:
         recon = model.decode_indices(indices)
         counts += torch.bincount(indices.flatten().cpu(), minlength=model.codebook_size)
         for i in range(len(x)):
-            per_name[names[start + i]].append(psnr(to_uint8(recon[i]), to_uint8(x[i])))
+            per_name[names[start + i]].append(psnr(to_uint8(x[i]), to_uint8(recon[i])))
     model.train(was_training)
     probs = counts.double() / counts.sum()
     nonzero = probs[probs > 0]

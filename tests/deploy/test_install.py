@@ -152,3 +152,30 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
             server.kill()
         server.wait(timeout=10)
         print(log.read_text()[-3000:])  # noqa: T201  (shown by pytest only when the test fails)
+
+
+def test_installed_package_serves_without_training_code(installed_venv: Path, tmp_path: Path) -> None:
+    """The wheel holds what serving needs: `model/training` stays in the source tree (pyproject.toml), while the
+    public names (`from model import VQModel`, `python -m service`, the `vqserve` command) all install."""
+    python = str(installed_venv / "bin" / "python")
+    env = {"PATH": f"{installed_venv / 'bin'}:{os.environ.get('PATH', '')}", "HOME": str(tmp_path)}
+    code = (
+        "import importlib.util, sys\n"
+        "from model import VQModel\n"
+        "import service.__main__, service.cli\n"
+        "print(importlib.util.find_spec('model.training'), 'model.train' in sys.modules)"
+    )
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        # from a directory outside the checkout, so only the installed files can be imported
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    found = run(python, "-c", code)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.split() == ["None", "False"]
+    train = run(python, "-m", "model.train", "--help")
+    assert train.returncode != 0
+    assert "error: training runs from a checkout" in train.stderr, train.stderr[-2000:]
+    assert "Traceback" not in train.stderr
+    cli = run("vqserve", "--help")
+    assert cli.returncode == 0, cli.stderr[-2000:]

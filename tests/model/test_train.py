@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from model import VQModel
-from model.train import Run, parse_args
+from model.train import Run, main, parse_args
 from model.training import data
 from model.training.objective import forward_loss
 
@@ -198,3 +198,26 @@ def test_sources_combine_shipped_photos_and_folders(tmp_path: Path) -> None:
     assert set(names) - {"extra.png"} == {im.name for im in data.shipped_photos(3)}
     with pytest.raises(ValueError, match="no images"):
         data.source_images(f"photos,{tmp_path / 'missing'}", 3)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("nonsense", "'nonsense' is not a torch device"),
+        pytest.param(
+            "cuda",
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+    ],
+)
+def test_an_unusable_device_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    # model.device.resolve_device, the service's rule, refuses it before any data is loaded or model built
+    assert main(tiny_args(tmp_path, "--device", device)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
