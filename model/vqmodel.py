@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from . import tiling as tiled
 from .autoencoder import Decoder, Encoder
 from .config import VQModelConfig
 from .layers import Upsample
 from .quantizer import VectorQuantizer
+from .tiling import TileConfig
 
 
 class VQModel(nn.Module):
@@ -33,6 +35,23 @@ class VQModel(nn.Module):
         self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.latent_channels, kernel_size=1)
         self.decoder = Decoder(config)
+        self.tiling: TileConfig | None = None  # enable_tiling(): inputs larger than one tile go through tiles
+
+    # tiling, with the names of diffusers' AutoencoderKL
+    def enable_tiling(self, tile_size: int = 512, tile_overlap: int = 64, preview_side: int = 1024) -> VQModel:
+        """Encode and decode inputs larger than `tile_size` pixels a side in overlapping tiles (bounded memory);
+        inputs no larger than one tile run untiled, bit for bit. See `model/tiling.py`."""
+        self.tiling = TileConfig(tile_size, tile_overlap, preview_side)
+        return self
+
+    def disable_tiling(self) -> VQModel:
+        self.tiling = None
+        return self
+
+    def _tiled(self, height: int, width: int) -> TileConfig | None:
+        """The tile config when an input of (height, width) pixels needs tiles."""
+        tiling = self.tiling
+        return tiling if tiling is not None and max(height, width) > tiling.tile_size else None
 
     # properties the service reports
     @property
@@ -54,6 +73,9 @@ class VQModel(nn.Module):
     # the autoencoder
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, in_channels, H, W) in [-1, 1] -> latents (B, vq_embed_dim, H/f, W/f), before quantization."""
+        tiling = self._tiled(x.shape[-2], x.shape[-1])
+        if tiling is not None:
+            return tiled.encode_tiled(self, x, tiling)
         return self.quant_conv(self.encoder(x))
 
     def decode(self, latents: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
@@ -65,17 +87,25 @@ class VQModel(nn.Module):
         if not latents.is_floating_point():
             return self.decode_indices(latents)
         quantized = latents if force_not_quantize else self.quantize(latents)[0]
-        return self._decode_quantized(quantized)
+        return self._decode_quantized_maybe_tiled(quantized)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) -> images (B, out_channels, h*f, w*f) through codebook lookup."""
         if indices.ndim != 3:
             raise ValueError(f"indices must be shaped (B, h, w), got {tuple(indices.shape)}")
-        return self._decode_quantized(self.quantize.lookup(indices).to(self.dtype))
+        return self._decode_quantized_maybe_tiled(self.quantize.lookup(indices).to(self.dtype))
 
-    def _decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+    def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized latents (B, vq_embed_dim, h, w) -> images, untiled."""
         # the spatial-norm decoder is conditioned on the quantized latents themselves
         return self.decoder(self.post_quant_conv(quantized), quantized)
+
+    def _decode_quantized_maybe_tiled(self, quantized: torch.Tensor) -> torch.Tensor:
+        factor = self.downsample_factor
+        tiling = self._tiled(quantized.shape[-2] * factor, quantized.shape[-1] * factor)
+        if tiling is not None:
+            return tiled.decode_tiled(self, quantized, tiling)
+        return self.decode_quantized(quantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> reconstructions through the codebook."""

@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.MODEL_INFO.labels(
                 facts.name, facts.device, facts.dtype, str(config.codebook_size), str(config.downsample_factor)
             ).set(1)
+        metrics.MEMORY_BUDGET.set(services.batcher.policy.max_batch_bytes)
         services.batcher.start()
         services.started = True
         logger.info("ready", extra={"models": list(services.engines)})
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-psnr", "shape", "dtype", "retry-after"],
+            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "retry-after"],
         )
     app.add_middleware(RequestContextMiddleware)
     install_schema(app, inference.OPENAPI_MODELS)

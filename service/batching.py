@@ -8,8 +8,10 @@ The one way into the engines. A route admits a request before reading its body a
     outcome.values, outcome.batch_size, outcome.queue_s, outcome.compute_s
 
 A ticket holds one `max_queue` slot from admission until its items have started compute (or it ends). Each model
-has one worker task: it takes the queue whose oldest item is oldest and forms a batch of up to `max_batch_size`
-items and `max_batch_pixels` of cost (`engine.cost`). The batch goes to the engine at once when the engine is
+has one worker task: it takes the queue whose head was queued first and forms a batch of up to `max_batch_size`
+items, `max_batch_pixels` image pixels and `max_batch_bytes` of activation memory (`engine.cost`). A request that
+runs several times (the tiles of a large image, service/tiles.py) queues each run behind what arrived meanwhile,
+so small requests interleave with it. The batch goes to the engine at once when the engine is
 idle, unless other admitted requests are still decoding their inputs: then it waits for them up to `max_wait_s`
 from the oldest item's arrival. Items whose deadline passed or whose client left are dropped before compute; a
 failing batch fails only its own items (500) and the worker carries on. All queue state and counters live here;
@@ -25,25 +27,30 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import torch
+from typing import Any, NamedTuple, Protocol
 
 from . import metrics
 from .errors import ServiceError
-from .ops import Op, OpParams, check_params
+from .ops import Op, OpParams, Payload, check_params
 
 logger = logging.getLogger("vqserve.batching")
 
 Disconnected = Callable[[], Awaitable[object]]  # completes when the client has gone away
 
 
+class Cost(NamedTuple):
+    """What one item costs a batch: the image pixels it stands for, and its activation memory on the device."""
+
+    pixels: int
+    bytes: int
+
+
 class BatchEngine(Protocol):
     name: str
 
-    def cost(self, op: Op, shape: tuple[int, ...]) -> int: ...
+    def cost(self, op: Op, shape: tuple[int, ...]) -> Cost: ...
 
-    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]: ...
+    async def compute(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class BatchPolicy:
     max_wait_s: float = 0.005
     max_queue: int = 256
     retry_after_s: float = 1.0
+    max_batch_bytes: int = 1 << 62  # the memory budget for one batch's activations
 
 
 def draining_error() -> ServiceError:
@@ -83,10 +91,11 @@ class Item:
     """One input (an image, an index map, a latent map) waiting for compute."""
 
     op: Op
-    payload: torch.Tensor
+    payload: Payload
     params: OpParams
-    cost: int
+    cost: Cost
     ticket: Ticket
+    enqueued: float = field(default_factory=time.monotonic)  # order among queues: a later run queues behind others
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     started: float | None = None  # when its batch went to the engine
     batch: BatchRecord | None = None
@@ -118,6 +127,7 @@ class Ticket:
         self.holds_slot = True  # counted in batcher.pending until its items started compute or it ends
         self.abandoned = False
         self.batch_size = 0  # the largest batch any of its items rode in (the access log reads it)
+        self.tiles = 0  # tiles computed for its inputs larger than a tile (service/tiles.py; the x-tiles header)
         self._waiting = 0  # items of the current run not yet started
 
     async def __aenter__(self) -> Ticket:
@@ -126,7 +136,7 @@ class Ticket:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def run(self, op: Op, inputs: Sequence[torch.Tensor], params: OpParams | None = None) -> Outcome:
+    async def run(self, op: Op, inputs: Sequence[Payload], params: OpParams | None = None) -> Outcome:
         """Compute `op` on every input (batched with everyone's items of the same op, shape and params)."""
         checked = check_params(op, params)
         if self.abandoned:
@@ -256,14 +266,18 @@ class ModelWorker:
 
     def _candidate(self) -> tuple[Hashable, int]:
         """The queue whose head waited longest, and how many of its items fit one batch."""
-        key = min(self.queues, key=lambda k: self.queues[k][0].ticket.arrival)
+        key = min(self.queues, key=lambda k: self.queues[k][0].enqueued)
         policy = self.batcher.policy
-        count, cost = 0, 0
+        count, pixels, size = 0, 0, 0
         for item in self.queues[key]:
-            if count >= policy.max_batch_size or (count and cost + item.cost > policy.max_batch_pixels):
+            over = (
+                pixels + item.cost.pixels > policy.max_batch_pixels or size + item.cost.bytes > policy.max_batch_bytes
+            )
+            if count >= policy.max_batch_size or (count and over):
                 break
             count += 1
-            cost += item.cost
+            pixels += item.cost.pixels
+            size += item.cost.bytes
         return key, count
 
     async def _next_batch(self) -> list[Item]:

@@ -118,7 +118,9 @@ def pad_to_multiple(arr: np.ndarray, factor: int) -> np.ndarray:
 
 def to_model_input(arr: np.ndarray, factor: int) -> torch.Tensor:
     """(H, W, C) uint8 -> (C, H', W') float32 in [-1, 1], padded to the downsample factor."""
-    padded = np.ascontiguousarray(pad_to_multiple(arr, factor))
+    padded = pad_to_multiple(arr, factor)
+    if not (padded.flags.c_contiguous and padded.flags.writeable):  # Pillow hands out read-only arrays
+        padded = np.array(padded, order="C")
     return from_uint8(torch.from_numpy(padded).permute(2, 0, 1))  # diffusers' float ops: indices match its pipelines
 
 

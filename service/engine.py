@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,13 +21,17 @@ import torch
 from model import VQModel
 from model.device import DeviceError, resolve_device
 from model.pixels import to_uint8, to_unit_range
+from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
+from .batching import Cost
 from .facts import ModelFacts
-from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, check_params, output_pixels
+from .memory import release_free_memory
+from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
 from .settings import ModelSpec, Settings, default_model_path
 
 logger = logging.getLogger("vqserve.engine")
 
+TRIM_AFTER_BYTES = 64 << 20  # batches whose activations may exceed this hand freed memory back afterwards
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -80,12 +84,18 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
         self.model: VQModel | None = None
         self.facts: ModelFacts | None = None  # set once loaded
-        self._ops: dict[Op, Callable[[VQModel, torch.Tensor, Any], list[Any]]] = {
+        self.bytes_per_pixel = 0  # activation memory per image pixel on the device (set at load)
+        self._ops: dict[Op, Callable[[VQModel, list[Any], Any], list[Any]]] = {
             Op.ENCODE: _encode,
             Op.RECONSTRUCT: _reconstruct,
             Op.DECODE_INDICES: _decode_indices,
             Op.DECODE_LATENTS: _decode_latents,
             Op.DECODE_FLOAT: _decode_float,
+            Op.ENCODE_STATS: _encode_stats,
+            Op.ENCODE_TILE: _encode_tile,
+            Op.QUANTIZE: _quantize,
+            Op.DECODE_STATS: _decode_stats,
+            Op.DECODE_TILE: _decode_tile,
         }
 
     @property
@@ -109,6 +119,7 @@ class Engine:
             raise ModelLoadError(f"model {self.name!r}: cannot load {self.spec.directory}: {exc}") from exc
         dtype = resolve_dtype(self._settings.dtype, device, model.config.force_upcast)
         self.model = model.to(device=device, dtype=dtype).optimize_for_inference()
+        self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
         if self._settings.warmup:
             self._warm_up(self.model)
         self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."))
@@ -132,27 +143,28 @@ class Engine:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # what a batch costs the batch policy
-    def cost(self, op: Op, shape: tuple[int, ...]) -> int:
-        """Image pixels one item of `shape` stands for."""
-        return output_pixels(op, shape, self._loaded().downsample_factor)
+    def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
+        """Image pixels one item of `shape` stands for, and the activation memory computing it takes."""
+        pixels = output_pixels(op, shape, self._loaded().downsample_factor)
+        return Cost(pixels, 0 if op == Op.QUANTIZE else pixels * self.bytes_per_pixel)
 
     # compute
-    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
+    async def compute(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]:
         """Run one batch on the engine thread; results align with `payloads`."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_splitting, op, payloads, params)
 
-    def run(self, op: Op, payloads: list[torch.Tensor], params: OpParams | None = None) -> list[Any]:
+    def run(self, op: Op, payloads: Sequence[Payload], params: OpParams | None = None) -> list[Any]:
         """`compute` for in-process callers without an event loop (blocking)."""
         checked = check_params(op, params)
-        return self._executor.submit(self._run_splitting, op, payloads, checked).result()
+        return self._executor.submit(self._run_splitting, op, list(payloads), checked).result()
 
     def _loaded(self) -> VQModel:
         if self.model is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         return self.model
 
-    def _run_splitting(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
+    def _run_splitting(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]:
         """`_run`, but a batch that runs out of GPU memory is split in halves and retried, down to single items;
         a single item that still does not fit fails its batch (500) like any other engine error."""
         try:
@@ -174,15 +186,29 @@ class Engine:
             first = self._run_splitting(op, payloads[:half], params)
             return first + self._run_splitting(op, payloads[half:], params)
 
-    def _run(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
+    def _run(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]:
         model = self._loaded()
-        with torch.inference_mode():
-            batch = torch.stack(payloads).to(model.device)  # B x (item shape)
-            return self._ops[op](model, batch, params)
+        try:
+            with torch.inference_mode():
+                return self._ops[op](model, payloads, params)
+        finally:
+            if sum(self.cost(op, tuple(p.shape)).bytes for p in payloads) >= TRIM_AFTER_BYTES:
+                release_free_memory()  # a large batch's activations go back to the system, not to glibc's arenas
 
 
-# the ops, on the engine thread under inference mode; `batch` is on the model's device
-def _encode(model: VQModel, batch: torch.Tensor, params: Any) -> list[Any]:
+# the ops, on the engine thread under inference mode
+def _stack(model: VQModel, payloads: list[Any]) -> torch.Tensor:
+    return torch.stack(payloads).to(model.device)  # B x (item shape)
+
+
+def _tiles(model: VQModel, payloads: list[Tile]) -> tuple[torch.Tensor, NormStats]:
+    """A batch of tiles (of one shape, maybe of several requests) and their statistics, on the device."""
+    batch = torch.stack([tile.tensor for tile in payloads]).to(model.device)
+    return batch, NormStats.stack([tile.stats for tile in payloads]).to(model.device)
+
+
+def _encode(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    batch = _stack(model, payloads)
     latents = model.encode(batch.to(model.dtype))  # (B, D, h, w)
     _, indices = model.quantize(latents)  # (B, h, w)
     indices_cpu = indices.to(torch.int32).cpu()
@@ -190,24 +216,61 @@ def _encode(model: VQModel, batch: torch.Tensor, params: Any) -> list[Any]:
     return [Encoded(indices_cpu[i], latents_cpu[i]) for i in range(len(batch))]
 
 
-def _reconstruct(model: VQModel, batch: torch.Tensor, params: Any) -> list[Any]:
+def _reconstruct(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    batch = _stack(model, payloads)
     _, indices = model.quantize(model.encode(batch.to(model.dtype)))
     return uint8_images(model.decode_indices(indices))
 
 
-def _decode_indices(model: VQModel, batch: torch.Tensor, params: Any) -> list[Any]:
-    return uint8_images(model.decode_indices(batch.long()))
+def _decode_indices(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    return uint8_images(model.decode_indices(_stack(model, payloads).long()))
 
 
-def _decode_latents(model: VQModel, batch: torch.Tensor, params: LatentDecode) -> list[Any]:
-    latents = batch.float()
+def _decode_latents(model: VQModel, payloads: list[Any], params: LatentDecode) -> list[Any]:
+    latents = _stack(model, payloads).float()
     if params.scaling_factor is not None:
         latents = latents / params.scaling_factor
     return uint8_images(model.decode(latents.to(model.dtype), force_not_quantize=params.force_not_quantize))
 
 
-def _decode_float(model: VQModel, batch: torch.Tensor, params: FloatDecode) -> list[Any]:
-    images = model.decode(batch.to(model.dtype), force_not_quantize=params.force_not_quantize)  # (B, C, H, W)
+def _decode_float(model: VQModel, payloads: list[Any], params: FloatDecode) -> list[Any]:
+    images = model.decode(
+        _stack(model, payloads).to(model.dtype), force_not_quantize=params.force_not_quantize
+    )  # (B, C, H, W)
     if params.unit_range:
         images = to_unit_range(images)
     return list(images.cpu().unbind(0))
+
+
+def _encode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    _, stats = record_norm_stats(model.encoder, lambda: model.encoder(_stack(model, payloads).to(model.dtype)))
+    return [stats.sample(i).to(torch.device("cpu")) for i in range(len(payloads))]
+
+
+def _encode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    batch, stats = _tiles(model, payloads)
+    return list(encode_tile(model, batch.to(model.dtype), stats).float().cpu().unbind(0))
+
+
+def _quantize(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    latents = _stack(model, payloads).float()  # (B, D, h, w)
+    _, indices = model.quantize(latents)
+    return [Encoded(i.to(torch.int32).cpu(), z.cpu()) for i, z in zip(indices, latents, strict=True)]
+
+
+def _quantized(model: VQModel, batch: torch.Tensor) -> torch.Tensor:
+    """Indices (B, h, w) -> codebook vectors; latents (B, D, h, w) are taken as already quantized (or not to be)."""
+    if batch.is_floating_point():
+        return batch.to(model.dtype)
+    return model.quantize.lookup(batch.long()).to(model.dtype)
+
+
+def _decode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    quantized = _quantized(model, _stack(model, payloads))
+    _, stats = record_norm_stats(model.decoder, lambda: model.decode_quantized(quantized))
+    return [stats.sample(i).to(torch.device("cpu")) for i in range(len(payloads))]
+
+
+def _decode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
+    batch, stats = _tiles(model, payloads)
+    return list(decode_tile(model, _quantized(model, batch), stats).float().cpu().unbind(0))

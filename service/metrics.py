@@ -28,6 +28,8 @@ BATCH_SIZE = Histogram("vqserve_batch_size", "Items per computed batch", ["model
 QUEUE_DEPTH = Gauge("vqserve_queue_depth", "Items admitted and waiting for compute", ["model", "op"])
 INFLIGHT = Gauge("vqserve_inflight_requests", "Inference requests being handled")
 REQUEST_FAILURES = Counter("vqserve_request_failures", "Requests that failed, by reason", ["reason"])
+TILES = Counter("vqserve_tiles", "Tiles computed for inputs larger than VQSERVE_TILE_SIZE", ["model", "op"])
+MEMORY_BUDGET = Gauge("vqserve_memory_budget_bytes", "Activation memory one batch may use (VQSERVE_MEMORY_BUDGET_MB)")
 MODEL_INFO = Gauge(
     "vqserve_model_info",
     "Served models (value 1)",

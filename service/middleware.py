@@ -64,6 +64,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers.append("x-request-id", request_id)
+                tiles = getattr(scope.get("state", {}).get("ticket"), "tiles", 0)
+                if tiles:
+                    headers.append("x-tiles", str(tiles))  # how many tiles were computed for the reply
                 services = getattr(scope["app"].state, "services", None)
                 if services is not None and services.draining:
                     # no keep-alive while draining: a request sent on an idle connection just as the server

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 import torch
 
+from model.tiling import NormStats
+
 
 class Op(StrEnum):
     """One engine operation; the value is the `op` label of the batch metrics."""
@@ -20,6 +22,12 @@ class Op(StrEnum):
     DECODE_INDICES = "decode_indices"  # indices (h, w) int64 -> uint8 (H, W, C)
     DECODE_LATENTS = "decode_latents"  # latents (D, h, w) float32 -> uint8 (H, W, C)
     DECODE_FLOAT = "decode_float"  # latents (D, h, w) float32 -> the decoder's floats (C, H, W)
+    # inputs larger than one tile (service/tiles.py): statistics from a preview, then tiles as ordinary items
+    ENCODE_STATS = "encode_stats"  # preview image (C, h, w) -> NormStats of the encoder
+    ENCODE_TILE = "encode_tile"  # Tile of an image (C, th, tw) -> latents (D, th/f, tw/f) float32, unquantized
+    QUANTIZE = "quantize"  # blended latents (D, h, w) float32 -> Encoded
+    DECODE_STATS = "decode_stats"  # preview indices (h, w) or quantized latents (D, h, w) -> NormStats of the decoder
+    DECODE_TILE = "decode_tile"  # Tile of indices (th, tw) or quantized latents (D, th, tw) -> floats (C, TH, TW)
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,14 @@ PARAMS: dict[Op, type[OpParams]] = {
     Op.DECODE_INDICES: NoParams,
     Op.DECODE_LATENTS: LatentDecode,
     Op.DECODE_FLOAT: FloatDecode,
+    Op.ENCODE_STATS: NoParams,
+    Op.ENCODE_TILE: NoParams,
+    Op.QUANTIZE: NoParams,
+    Op.DECODE_STATS: NoParams,
+    Op.DECODE_TILE: NoParams,
 }
 # ops whose input is an image at full resolution (the others take a latent grid, 1/f of the output's sides)
-IMAGE_INPUT_OPS = frozenset({Op.ENCODE, Op.RECONSTRUCT})
+IMAGE_INPUT_OPS = frozenset({Op.ENCODE, Op.RECONSTRUCT, Op.ENCODE_STATS, Op.ENCODE_TILE})
 
 
 def check_params(op: Op, params: OpParams | None) -> OpParams:
@@ -69,6 +82,25 @@ def output_pixels(op: Op, shape: tuple[int, ...], downsample_factor: int) -> int
     """Image pixels an item of `shape` stands for: its input's for encode, its output's for decode."""
     h, w = shape[-2], shape[-1]
     return h * w if op in IMAGE_INPUT_OPS else h * w * downsample_factor**2
+
+
+@dataclass(frozen=True, eq=False)
+class Tile:
+    """One tile of an input larger than a tile, with the norm statistics of the whole input (model/tiling.py)."""
+
+    tensor: torch.Tensor
+    stats: NormStats
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.dtype
+
+
+Payload = torch.Tensor | Tile
 
 
 @dataclass(frozen=True)

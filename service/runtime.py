@@ -19,9 +19,17 @@ from .codecs import ImageCompression
 from .engine import Engine
 from .errors import ServiceError
 from .facts import ModelFacts
+from .memory import default_budget_bytes
 from .settings import Settings
 
 T = TypeVar("T")
+
+
+def memory_budget_bytes(settings: Settings) -> int:
+    """VQSERVE_MEMORY_BUDGET_MB, or by default a share of the memory the process may use."""
+    return settings.memory_budget_mb << 20 if settings.memory_budget_mb else default_budget_bytes()
+
+
 Status = Literal["ready", "loading", "draining"]
 
 
@@ -45,6 +53,7 @@ class Services:
             BatchPolicy(
                 max_batch_size=settings.max_batch_size,
                 max_batch_pixels=settings.max_batch_pixels,
+                max_batch_bytes=memory_budget_bytes(settings),
                 max_wait_s=settings.max_wait_ms / 1000.0,
                 max_queue=settings.max_queue,
             ),

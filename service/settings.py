@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0)
     max_queue: int = Field(default=256, ge=1)  # requests admitted but not yet computed; beyond -> 429
     request_timeout_s: float = Field(default=60.0, gt=0)  # deadline from arrival; -> 504
+    # tiling and memory: inputs larger than tile_size pixels a side run in tiles (0: never); batches fit the budget
+    tile_size: int = Field(default=512, ge=0)
+    tile_overlap: int = Field(default=64, ge=0)
+    memory_budget_mb: int = Field(default=0, ge=0)  # 0: 1/16 of the memory the process may use (cgroup, else host)
     # limits
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=4096 * 4096, ge=1)  # per image
@@ -123,6 +127,12 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         return value
+
+    @model_validator(mode="after")
+    def _overlap_within_tile(self) -> Settings:
+        if self.tile_size and self.tile_overlap >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Settings:

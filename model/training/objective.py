@@ -43,7 +43,7 @@ def forward_loss(model: VQModel, x: torch.Tensor, quantize: bool) -> StepOutput:
     quantized = z_flat.view(b, h, w, d).permute(0, 3, 1, 2)  # (B*h*w, D) -> (B, D, h, w)
 
     # reconstruct
-    recon = model._decode_quantized(quantized)
+    recon = model.decode_quantized(quantized)
     recon_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
     return StepOutput(
         loss=recon_loss + vq_loss,

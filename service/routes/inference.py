@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from .. import tiles
 from ..codecs import write_image
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
@@ -94,7 +95,7 @@ async def encode(
     facts = services.model(model)
     async with admit(request, services, facts) as ticket:
         inputs, batch_form = await _images(request, services, facts)
-        results = (await ticket.run(Op.ENCODE, [i.tensor for i in inputs])).values
+        results = (await tiles.run(ticket, services, facts, Op.ENCODE, [i.tensor for i in inputs])).values
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.offload("tensor_encode", encode_binary, results)
         return tensor_response(body, shape, "int32", "application/octet-stream")
@@ -155,7 +156,7 @@ async def decode(
             )
         check_decode_limits(parsed, facts, settings.max_images_per_request, settings.max_pixels)
         params = LatentDecode(force_not_quantize, scaling_factor) if parsed.op == Op.DECODE_LATENTS else None
-        outcome = await ticket.run(parsed.op, parsed.tensors, params)
+        outcome = await tiles.run(ticket, services, facts, parsed.op, parsed.tensors, params)
     return await _image_reply(services, crop_outputs(outcome.values, parsed.crop), format, wanted)
 
 
@@ -199,7 +200,7 @@ async def reconstruct(
         inputs, _ = await _images(request, services, facts)
         if len(inputs) != 1:
             raise ServiceError("invalid_input", f"/reconstruct takes one image, got {len(inputs)}")
-        (output,) = (await ticket.run(Op.RECONSTRUCT, [inputs[0].tensor])).values
+        (output,) = (await tiles.run(ticket, services, facts, Op.RECONSTRUCT, [inputs[0].tensor])).values
     content, quality = await services.offload(
         "image_encode", reconstruct_reply, inputs[0], output, fmt, services.compression
     )

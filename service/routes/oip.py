@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from .. import tiles
 from ..deps import InferenceGuard, ServicesDep, require_api_key
 from ..errors import ServiceError, count_failure
 from ..ops import Op
@@ -107,7 +108,7 @@ async def infer(
                 settings.max_pixels,
             )
             params = latent_params(parsed.parameters) if op == Op.DECODE_LATENTS else None
-            results = (await ticket.run(op, items, params)).values
+            results = (await tiles.run(ticket, services, facts, op, items, params)).values
         arrays = await services.offload("oip_encode", collect_outputs, op, results)
         content, head_length = await services.offload("oip_encode", build_response, facts.name, parsed, arrays)
     except OIPError as exc:

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from .. import codecs
+from .. import codecs, tiles
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
 from ..facts import ModelFacts
@@ -108,9 +108,11 @@ async def remote_decode(
         check_decode_limits(latents, facts, settings.max_images_per_request, settings.max_pixels)
         if floats:  # raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
             params: FloatDecode | LatentDecode = FloatDecode(skip_quantize, unit_range=output_type == "pil")
-            outcome = await ticket.run(Op.DECODE_FLOAT, latents.tensors, params)
+            outcome = await tiles.run(ticket, services, facts, Op.DECODE_FLOAT, latents.tensors, params)
         else:
-            outcome = await ticket.run(Op.DECODE_LATENTS, latents.tensors, LatentDecode(skip_quantize))
+            outcome = await tiles.run(
+                ticket, services, facts, Op.DECODE_LATENTS, latents.tensors, LatentDecode(skip_quantize)
+            )
     outputs = outcome.values
     if floats:
         content, out_shape = await services.offload("tensor_encode", float_images_binary, outputs)
@@ -157,6 +159,6 @@ async def remote_encode(
             "image_decode", images_from_body, body, shape, dtype, facts, settings.max_pixels
         )
         check_count(len(inputs), settings.max_images_per_request)
-        results = (await ticket.run(Op.ENCODE, inputs)).values
+        results = (await tiles.run(ticket, services, facts, Op.ENCODE, inputs)).values
     content, out_shape = await services.offload("tensor_encode", latents_binary, results, shift_factor, scaling_factor)
     return tensor_response(content, out_shape, "float32")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service import codecs
-from service.batching import Batcher, BatchPolicy
+from service.batching import Batcher, BatchPolicy, Cost
 from service.errors import ServiceError
 from service.ops import Op, OpParams
 from tests.images import noise, png
@@ -149,8 +149,8 @@ class RecordingEngine:
         self.batches: list[tuple[Op, tuple[int, ...], list[int]]] = []
         self.gate = asyncio.Event()
 
-    def cost(self, op: Op, shape: tuple[int, ...]) -> int:
-        return shape[-1] * shape[-2]
+    def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
+        return Cost(shape[-1] * shape[-2], 0)
 
     async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
@@ -198,7 +198,9 @@ async def _batcher_scenario(
 ) -> None:
     poison = set(range(1, 1000, poison_every)) if poison_every else set()
     engine = RecordingEngine(poison - {0})
-    policy = BatchPolicy(max_batch_size, max_batch_pixels, 0.0, max_queue)
+    policy = BatchPolicy(
+        max_batch_size=max_batch_size, max_batch_pixels=max_batch_pixels, max_wait_s=0.0, max_queue=max_queue
+    )
     batcher = Batcher({"prop": engine}, policy, 30.0)
     batcher.start()
     try:

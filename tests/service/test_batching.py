@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.batching import Batcher, BatchPolicy, Outcome, Ticket
+from service.batching import Batcher, BatchPolicy, Cost, Outcome, Ticket
 from service.errors import ServiceError
 from service.ops import LatentDecode, NoParams, Op, OpParams
 
@@ -30,8 +30,8 @@ class FakeEngine:
         self.started = asyncio.Event()
         self.poison: int | None = None
 
-    def cost(self, op: Op, shape: tuple[int, ...]) -> int:
-        return shape[-1] * shape[-2]
+    def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
+        return Cost(shape[-1] * shape[-2], 0)
 
     async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
@@ -349,9 +349,9 @@ def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
             ticket.arrival, ticket.deadline = now - ago, now - ago + 10.0
             return (await submit(batcher, payload, ticket=ticket))[1]
 
+        next_up = await submit_arrived(1.0, item(5))  # queued first: its queue goes first
         young = await submit_arrived(0.5, item(3, side=3))
         expired = await submit_arrived(11.0, item(4, side=3))  # past its 10 s deadline, behind `young`
-        next_up = await submit_arrived(1.0, item(5))  # older than `young`: its queue goes first
         gate = release_and_hold_the_next(engine)
         await first
         await next_batch_started(engine, 2)
@@ -365,3 +365,26 @@ def test_expired_item_behind_a_live_one_is_dropped_at_the_next_wakeup() -> None:
         assert [4] not in engine.batches
 
     run(body)
+
+
+def test_batches_fit_the_memory_budget_and_a_later_run_queues_behind_newer_work() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        ticket = batcher.admit("fake")
+        _, early = await submit(batcher, item(1), ticket=ticket)
+        _, other = await submit(batcher, item(2, side=3))  # another queue, queued after `early`
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.gather(first, early)
+        _, later = await submit(batcher, item(3), item(4), item(5), ticket=ticket)  # the same request runs again
+        await asyncio.gather(other, later)
+        assert engine.batches == [[0], [1], [2], [3, 4], [5]]  # 2 items of 4 bytes fit the 8-byte budget
+
+    def cost(op: Op, shape: tuple[int, ...]) -> Cost:
+        return Cost(1, 4)
+
+    async def patched(batcher: Batcher, engine: FakeEngine) -> None:
+        engine.cost = cost  # type: ignore[method-assign]
+        await body(batcher, engine)
+
+    run(patched, max_batch_bytes=8)
