@@ -122,6 +122,8 @@ class Engine:
         self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
         if self._settings.warmup:
             self._warm_up(self.model)
+            if device.type == "cuda":
+                self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
         self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."))
         logger.info(
             "model %s loaded from %s on %s as %s in %.2fs",
@@ -138,6 +140,19 @@ class Engine:
         x = torch.zeros(1, model.config.in_channels, side, side)
         (encoded,) = self._run(Op.ENCODE, [x[0]], check_params(Op.ENCODE, None))
         self._run(Op.DECODE_INDICES, [encoded.indices.long()], check_params(Op.DECODE_INDICES, None))
+
+    def _measured_bytes_per_pixel(self, model: VQModel, side: int = 256) -> int:
+        """CUDA: the peak memory a reconstruct of one `side`² image allocates beyond the weights, per pixel (the
+        largest of the ops), measured rather than estimated; never below the config's estimate's half."""
+        x = torch.zeros(1, model.config.in_channels, side, side)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        self._run(Op.RECONSTRUCT, [x[0]], check_params(Op.RECONSTRUCT, None))
+        torch.cuda.synchronize()
+        measured = (torch.cuda.max_memory_allocated() - base) // (side * side)
+        logger.info("model %s: %d activation bytes per pixel measured on %s", self.name, measured, model.device)
+        return max(int(measured), self.bytes_per_pixel // 2)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -124,3 +129,36 @@ def test_tiled_encode_keeps_most_codes_and_the_shapes() -> None:
 def test_tile_config_refuses_an_overlap_as_large_as_the_tile() -> None:
     with pytest.raises(ValueError, match="tile_overlap"):
         TileConfig(tile_size=64, tile_overlap=64)
+
+
+PEAK_PROBE = """
+import json, resource, sys, torch
+from model import VQModel
+from model.tiling import activation_bytes_per_pixel
+torch.set_num_threads(1)
+model = VQModel.from_pretrained(sys.argv[1]).optimize_for_inference()
+side = int(sys.argv[2])
+with torch.inference_mode():
+    model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, 64, 64)))[1])  # kernels and buffers
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, side, side)))[1])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"measured": (after - before) / side**2, "estimate": activation_bytes_per_pixel(model.config, 4)}))
+"""
+
+
+def test_the_activation_estimate_bounds_a_measured_peak() -> None:
+    """The batcher's memory budget trusts `activation_bytes_per_pixel`: a real reconstruct of the shipped default
+    (peak RSS growth of a fresh process) must stay under it, and the estimate must not be wildly conservative."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE, str(root / "model/weights/default"), "512"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(out.stdout)
+    assert figures["measured"] <= figures["estimate"]
+    assert figures["measured"] >= figures["estimate"] / 4
