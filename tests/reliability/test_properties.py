@@ -26,7 +26,7 @@ from PIL import Image
 from service import codecs
 from service.batching import Batcher, BatchPolicy, Item
 from service.errors import ServiceError
-from tests.images import noise, png
+from tests.support.images import noise, png
 
 pytestmark = pytest.mark.timeout(120)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
