@@ -15,16 +15,14 @@ from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-from tests.servers import serving
+from tests.support.constants import ROOT, WEIGHTS
+from tests.support.servers import serving
 from tests.web.page import ARGS, CHROMIUM, DECODED, MODELS_LISTED
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_args() -> list[str]:
     """`python -m service` flags serving the shipped checkpoints, as the page offers them."""
-    weights = ROOT / "model" / "weights"
-    return ["--models", f"default={weights / 'default'},digits={weights / 'digits'}", "--no-warmup"]
+    return ["--models", f"default={WEIGHTS / 'default'},digits={WEIGHTS / 'digits'}", "--no-warmup"]
 
 
 def capture(browser: Any, url: str, out: Path, code: int) -> None:

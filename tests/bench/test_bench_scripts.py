@@ -10,25 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import VQModel
-
-ROOT = Path(__file__).resolve().parents[2]
-
-TINY = {
-    "block_out_channels": [32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "num_vq_embeddings": 64,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    VQModel(**TINY).save_pretrained(path)
-    return path
+from tests.support.constants import ROOT
 
 
 def run_gpu_script(checkpoint: Path, *extra: str) -> dict:

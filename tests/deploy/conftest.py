@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.constants import ROOT
+
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 

@@ -14,7 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.deploy.conftest import ROOT, load_json, load_yaml
+from tests.deploy.conftest import load_json, load_yaml
+from tests.support.constants import ROOT
 
 SCHEMA_PATH = ROOT / "tests/deploy/compose-spec.json"
 SCHEMA_SHA256 = "83566903467143cde7599fba50fca56ade5a79ae95505927068a861ff938129a"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import ROOT
 from tests.deploy.dockerignore import DockerIgnore
+from tests.support.constants import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

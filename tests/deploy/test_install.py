@@ -14,37 +14,22 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.deploy.conftest import ROOT
 from tests.deploy.dockerignore import DockerIgnore
 from tests.deploy.promql import all_used_names
-from tests.images import png
-from tests.servers import free_port
+from tests.support.checkpoints import TINY_RGB_8CH, build_checkpoint
+from tests.support.constants import PNG, ROOT
+from tests.support.images import png
+from tests.support.servers import free_port, launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 INSTALL_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
-
-
-def _tiny_checkpoint(path: Path) -> None:
-    from model import VQModel, VQModelConfig
-
-    config = VQModelConfig(
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=4,
-        latent_channels=4,
-        num_vq_embeddings=16,
-        sample_size=16,
-    )
-    VQModel(config).save_pretrained(path)
 
 
 def _exposed_names(exposition: str) -> set[str]:
@@ -94,8 +79,7 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "ckpt"
-    _tiny_checkpoint(checkpoint)
+    checkpoint = build_checkpoint(tmp_path / "ckpt", TINY_RGB_8CH)
     run_dir = tmp_path / "run"  # not the checkout: `python -m` puts the working directory on sys.path
     run_dir.mkdir()
     port = free_port()
@@ -109,31 +93,19 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
         "VQSERVE_GRACEFUL_TIMEOUT_S": "5",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    # the image's ENTRYPOINT, with the image's PATH order
-    log = tmp_path / "server.log"  # a file, not a pipe: an unread pipe would block a chatty server
-    with log.open("wb") as sink:
-        server = subprocess.Popen(["python", "-m", "service"], cwd=run_dir, env=env, stdout=sink, stderr=sink)
+    # the image's ENTRYPOINT, with the image's PATH order and only this environment; ready (or failed with its
+    # log) when launch returns
+    log = tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
+    process = launch(["python", "-m", "service"], log, base, cwd=run_dir, env=env, timeout_s=READY_TIMEOUT_S).process
+    assert process is not None
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            status = None
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    status = client.get("/readyz").status_code
-                except httpx.TransportError:
-                    status = None
-                if status == 200:
-                    break
-                time.sleep(0.5)
-            assert server.poll() is None, f"server exited with {server.returncode}"
-            assert status == 200, f"/readyz never answered 200 within {READY_TIMEOUT_S}s (last: {status})"
-
             assert client.get("/healthz").status_code == 200
             # the image's HEALTHCHECK command, verbatim, with the image's interpreter lookup
             probe = subprocess.run(_healthcheck_command(), env=env, capture_output=True, timeout=30, check=False)
             assert probe.returncode == 0, probe.stderr
-            encoded = client.post("/encode", content=png(16, 16), headers={"Content-Type": "image/png"})
+            encoded = client.post("/encode", content=png(16, 16), headers=PNG)
             assert encoded.status_code == 200, encoded.text
             assert encoded.json()["shape"] == [8, 8]
 
@@ -142,15 +114,15 @@ def test_installed_service_serves_a_checkpoint(installed_venv: Path, tmp_path: P
             assert not missing, f"dashboards, alerts or autoscaling query metrics the service lacks: {missing}"
 
         # what `docker stop` does: SIGTERM, then the drain must finish well within stop_grace_period
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
         # and the HEALTHCHECK notices a dead server (it must not pass unconditionally)
         probe = subprocess.run(_healthcheck_command(), env=env, capture_output=True, timeout=30, check=False)
         assert probe.returncode != 0
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
         print(log.read_text()[-3000:])  # noqa: T201  (shown by pytest only when the test fails)
 
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, K8S, ROOT, load_json, load_yaml
+from tests.deploy.conftest import DEPLOY, K8S, load_json, load_yaml
 from tests.deploy.promql import (
     CONTRACT_METRICS,
     DCGM_METRICS,
@@ -19,6 +19,7 @@ from tests.deploy.promql import (
     series_names,
     used_names,
 )
+from tests.support.constants import ROOT
 
 DASHBOARD = DEPLOY / "grafana/dashboards/vqserve.json"
 

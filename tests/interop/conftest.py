@@ -1,5 +1,5 @@
-"""Fixtures for the interoperability tests: a tiny random-weight checkpoint and a real `python -m service`
-process on 127.0.0.1, so every client (ours, diffusers', tritonclient) talks to it over a real socket."""
+"""Fixtures for the interoperability tests: a real `python -m service` process on 127.0.0.1 serving the tiny
+checkpoint (`tests/conftest.py`), so every client (ours, diffusers', tritonclient) talks to it over a real socket."""
 
 from __future__ import annotations
 
@@ -12,44 +12,35 @@ import httpx
 import pytest
 
 from model import VQModel
-from tests import servers
-from tests.servers import Server, hold_engine, stop_server
-from tests.service.conftest import make_checkpoint
+from tests.support.constants import PNG
+from tests.support.servers import Server, hold_engine, start_checkpoint_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[2]
-PNG = {"content-type": "image/png"}
 KEY = {"authorization": "Bearer k-test"}
 
 
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:
-    """`python -m service` on a free port serving `checkpoint`, one torch thread, ready when this returns."""
-    args = ["--model-path", str(checkpoint), "--device", "cpu", "--torch-threads", "1", *extra]
-    return servers.start_server(args, log, checkpoint=checkpoint, env={"OMP_NUM_THREADS": "1"})
+    """`python -m service` on a free port serving `checkpoint` on the CPU, one torch thread, ready when this returns."""
+    return start_checkpoint_server(checkpoint, log, "--device", "cpu", *extra, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("interop-ckpt"))
-
-
-@pytest.fixture(scope="session")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(checkpoint, tmp_path_factory.mktemp("logs") / "server.log")
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(tiny_checkpoint, tmp_path_factory.mktemp("logs") / "server.log")
     yield running
     stop_server(running)
 
 
 @pytest.fixture(scope="session")
-def reference_model(checkpoint: Path) -> VQModel:
-    return VQModel.from_pretrained(checkpoint).eval()
+def reference_model(tiny_checkpoint: Path) -> VQModel:
+    return VQModel.from_pretrained(tiny_checkpoint).eval()
 
 
 @pytest.fixture(scope="session")
-def guarded_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def guarded_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with an API key and a queue of one, so that concurrent requests meet real 429s."""
     log = tmp_path_factory.mktemp("guarded") / "server.log"
     extra = ("--api-keys", "k-test", "--max-queue", "1", "--max-batch-size", "1")
-    running = start_server(checkpoint, log, *extra)
+    running = start_server(tiny_checkpoint, log, *extra)
     yield running
     stop_server(running)
 

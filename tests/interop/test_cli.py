@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from tests.images import image_bytes, random_rgb
-
-from .conftest import ROOT, Server
+from tests.support.constants import ROOT
+from tests.support.images import image_bytes, random_rgb
+from tests.support.servers import Server
 
 
 @pytest.fixture

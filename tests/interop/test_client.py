@@ -24,27 +24,22 @@ from PIL import Image
 
 from model import VQModel
 from service.client import AsyncClient, Client, VQServeError, retry_delay
-from tests.images import image_bytes, random_rgb
-from tests.servers import free_port
+from tests.support.images import image_bytes, random_rgb
+from tests.support.reference import model_input, model_output
+from tests.support.servers import Server, free_port
 
-from .conftest import Server, full_queue
+from .conftest import full_queue
 
 
 def ref_indices(model: VQModel, arr: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0  # (1, C, H, W) in [-1, 1]
     with torch.inference_mode():
-        _, indices = model.quantize(model.encode(x))
+        _, indices = model.quantize(model.encode(model_input(arr)))
     return indices[0].numpy()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, as diffusers' postprocessing rounds."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def ref_decode(model: VQModel, indices: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        return to_uint8(model.decode_indices(torch.from_numpy(indices).long()))
+        return model_output(model.decode_indices(torch.from_numpy(indices).long()))
 
 
 KINDS = ["sync", "async"]
@@ -124,8 +119,8 @@ def test_decode_indices_and_latents(client: Client, reference_model: VQModel) ->
 
     latents = rng.standard_normal((1, reference_model.config.embed_dim, 8, 8)).astype(np.float32)
     with torch.inference_mode():
-        expected = to_uint8(reference_model.decode(torch.from_numpy(latents)))
-        unquantized = to_uint8(reference_model.decode(torch.from_numpy(latents), force_not_quantize=True))
+        expected = model_output(reference_model.decode(torch.from_numpy(latents)))
+        unquantized = model_output(reference_model.decode(torch.from_numpy(latents), force_not_quantize=True))
     assert np.abs(client.decode(latents).astype(int) - expected.astype(int)).max() <= 1
     got = client.decode(latents, force_not_quantize=True)
     assert np.abs(got.astype(int) - unquantized.astype(int)).max() <= 1

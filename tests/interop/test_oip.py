@@ -14,19 +14,16 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import VQModel
-from tests.images import image_bytes, random_rgb
+from tests.support.images import image_bytes, random_rgb
+from tests.support.reference import model_input, model_output
+from tests.support.servers import Server
 
-from .conftest import KEY, Server, full_queue
+from .conftest import KEY, full_queue
 
 
 def ref_indices(model: VQModel, images: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0  # (B, C, H, W)
     with torch.inference_mode():
-        return model.quantize(model.encode(x))[1].numpy()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return model.quantize(model.encode(model_input(images)))[1].numpy()
 
 
 @pytest.fixture
@@ -77,9 +74,8 @@ def test_encode_image_to_indices_and_latents(
     np.testing.assert_array_equal(indices, ref_indices(reference_model, images))
     latents = result.as_numpy("LATENTS")
     assert latents.shape == (2, reference_model.config.embed_dim, 12, 16)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.inference_mode():
-        np.testing.assert_allclose(latents, reference_model.encode(x).numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(latents, reference_model.encode(model_input(images)).numpy(), atol=1e-4, rtol=1e-4)
     assert result.get_response()["id"] == "r-1"
 
 
@@ -101,7 +97,7 @@ def test_decode_indices_to_image(
     assert image.dtype == np.uint8
     assert image.shape == (2, 16, 20, 3)
     with torch.inference_mode():
-        expected = to_uint8(reference_model.decode_indices(torch.from_numpy(indices).long()))
+        expected = model_output(reference_model.decode_indices(torch.from_numpy(indices).long()))
     assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
 
 
@@ -114,7 +110,7 @@ def test_decode_latents_with_parameters(
     tensor.set_data_from_numpy(latents)
     result = client.infer("default", [tensor], parameters={"scaling_factor": 0.5, "force_not_quantize": True})
     with torch.inference_mode():
-        expected = to_uint8(reference_model.decode(torch.from_numpy(latents) / 0.5, force_not_quantize=True))
+        expected = model_output(reference_model.decode(torch.from_numpy(latents) / 0.5, force_not_quantize=True))
     assert np.abs(result.as_numpy("IMAGE").astype(int) - expected.astype(int)).max() <= 1
 
 

@@ -17,9 +17,12 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.remote_utils import remote_decode, remote_encode
 from PIL import Image
 
-from tests.images import random_rgb
+from tests.support.checkpoints import TINY_RGB_SPATIAL_NORM, build_checkpoint
+from tests.support.images import random_rgb
+from tests.support.reference import model_input
+from tests.support.servers import Server, stop_server
 
-from .conftest import Server, make_checkpoint, start_server, stop_server
+from .conftest import start_server
 
 SCALE = 0.5
 SHIFT = 0.1
@@ -159,8 +162,8 @@ def test_force_not_quantize_query(server: Server, dvae: diffusers.VQModel, laten
 
 def test_encode_pil_and_tensor_then_decode(server: Server, dvae: diffusers.VQModel) -> None:
     arr = random_rgb(24, 32, seed=4)
-    # contiguous: remote_encode reads the raw memory of `image.contiguous()`, a temporary otherwise
-    x = (torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0 * 2 - 1).contiguous()
+    # contiguous (as model_input makes it): remote_encode reads the raw memory of `image.contiguous()`
+    x = model_input(arr)
     with torch.inference_mode():
         expected = (dvae.encode(x).latents - SHIFT) * SCALE
     from_pil = remote_encode(
@@ -224,7 +227,7 @@ def test_errors_are_json_4xx(server: Server) -> None:
 def movq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A MoVQ-style (spatial norm) model: Kandinsky's pipelines decode it without quantizing."""
     folder = tmp_path_factory.mktemp("movq")
-    checkpoint = make_checkpoint(folder / "ckpt", seed=3, norm_type="spatial")
+    checkpoint = build_checkpoint(folder / "ckpt", TINY_RGB_SPATIAL_NORM, seed=3)
     running = start_server(checkpoint, folder / "server.log")
     yield running
     stop_server(running)

@@ -5,7 +5,6 @@ recorded in each checkpoint's training.json and model card)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,11 @@ import torch
 from diffusers import VQModel as DiffusersVQModel
 
 from model import VQModel
-from model.pixels import to_uint8
 from model.training import card, data
 from model.training.evaluate import evaluate
+from tests.support.constants import WEIGHTS
+from tests.support.reference import model_output
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 # Floors a little under the measured held-out PSNR (see model/weights/README.md).
 PSNR_FLOOR = {"default": 24.7, "digits": 32.5}
 
@@ -88,7 +87,7 @@ def test_card_grid_rows_are_inputs_reconstructions_and_code_maps() -> None:
     _, tiles = data.eval_photos(3, 256)
     grid = np.asarray(card.reconstruction_grid(model, tiles[:2]))
     assert grid.shape == (3 * 258 + 2, 2 * 258 + 2, 3)
-    first_input = to_uint8(tiles[0]).permute(1, 2, 0).numpy()
+    first_input = model_output(tiles[:1])[0]
     assert np.array_equal(grid[2:258, 2:258], first_input)
     reconstruction = grid[260:516, 2:258].astype(float)
     assert 0 < np.abs(reconstruction - first_input).mean() < 20  # close to the input, not a copy of it

@@ -16,8 +16,7 @@ from model import VQModel
 from model.train import Run, main, parse_args
 from model.training import data
 from model.training.objective import forward_loss
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.constants import ROOT
 
 
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -39,7 +38,7 @@ def test_held_out_photos_never_train() -> None:
 def test_cli_writes_a_reloadable_diffusers_checkpoint(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "model.train", *tiny_args(tmp_path, "--steps", "20", "--eval-every", "10")],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,

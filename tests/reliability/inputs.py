@@ -1,6 +1,6 @@
 """Hostile and odd inputs, built from real file formats: truncated and corrupt PNGs, decompression bombs,
 every Pillow mode the service accepts, animations, hand-made multipart bodies. Pure functions of their
-arguments, so every run sends the same bytes; plain test images are `tests/images.py`."""
+arguments, so every run sends the same bytes; plain test images are `tests/support/images.py`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests.images import image_bytes, noise, png
+from tests.support.images import image_bytes, noise, png
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images import png
-
-from .conftest import Server, serve_in_thread
+from tests.support.images import png
+from tests.support.servers import Server, serve_in_thread
 
 pytestmark = pytest.mark.timeout(120)
 LIMIT = 100_000
@@ -29,8 +28,8 @@ BODY_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[Server]:
-    with serve_in_thread(tiny_checkpoint, max_body_bytes=LIMIT, body_timeout_s=BODY_TIMEOUT_S) as running:
+def server(tiny_64ch_checkpoint: Path) -> Iterator[Server]:
+    with serve_in_thread(tiny_64ch_checkpoint, max_body_bytes=LIMIT, body_timeout_s=BODY_TIMEOUT_S) as running:
         yield running
 
 

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from model import VQModel
-from tests.images import png
+from tests.support.constants import PNG
+from tests.support.images import png
+from tests.support.servers import Server, serve_in_thread
 
 from . import inputs
-from .conftest import Server, serve_in_thread
 
 pytestmark = pytest.mark.timeout(120)
-PNG = {"content-type": "image/png"}
 Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]  # original method -> its replacement
 
 
@@ -97,8 +97,8 @@ def decode_body(value: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[Server]:
-    with serve_in_thread(tiny_checkpoint, max_batch_size=16) as running:
+def server(tiny_64ch_checkpoint: Path) -> Iterator[Server]:
+    with serve_in_thread(tiny_64ch_checkpoint, max_batch_size=16) as running:
         yield running
 
 
@@ -200,8 +200,8 @@ def test_client_that_disconnects_is_not_computed(server: Server) -> None:
     assert recorder.sizes == [1, 1]  # then the follow-up: the dropped request was never computed
 
 
-def test_deadline_passed_in_the_queue_gives_504_and_no_compute(tiny_checkpoint: Path) -> None:
-    with serve_in_thread(tiny_checkpoint, request_timeout_s=1.0) as server, ThreadPoolExecutor(4) as pool:
+def test_deadline_passed_in_the_queue_gives_504_and_no_compute(tiny_64ch_checkpoint: Path) -> None:
+    with serve_in_thread(tiny_64ch_checkpoint, request_timeout_s=1.0) as server, ThreadPoolExecutor(4) as pool:
         before = server.metric("vqserve_request_failures_total", reason="deadline_exceeded")
         recorder = Recorder()
         with wrapped(live_model(server), "encode", recorder):

@@ -22,19 +22,17 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
-from tests.images import image_bytes, png
-from tests.servers import parse_metric
-from tests.service.conftest import make_checkpoint
+from tests.support.checkpoints import TINY_RGB_64CH_NO_ATTENTION
+from tests.support.images import image_bytes, png
+from tests.support.servers import app_client, parse_metric
 
 from . import inputs
 
 pytestmark = pytest.mark.timeout(120)
 
 LIMITS = {"max_body_bytes": 1_000_000, "max_pixels": 300_000, "max_images_per_request": 8}
-CODEBOOK = 64  # the tiny checkpoint's num_vq_embeddings
-D = 4  # its vq_embed_dim
+CODEBOOK = TINY_RGB_64CH_NO_ATTENTION["num_vq_embeddings"]  # 64, of the suite's checkpoint (`tiny_64ch_checkpoint`)
+D = TINY_RGB_64CH_NO_ATTENTION["latent_channels"]  # 4, its vq_embed_dim (unset: latent_channels)
 
 
 @dataclass(frozen=True)
@@ -361,9 +359,8 @@ CASES = image_cases() + encode_form_cases() + decode_cases()
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_path=tiny_checkpoint, warmup=False, torch_threads=1, **LIMITS))
-    with TestClient(app) as test_client:
+def client(tiny_64ch_checkpoint: Path) -> Iterator[TestClient]:
+    with app_client(tiny_64ch_checkpoint, torch_threads=1, **LIMITS) as test_client:
         BASELINE["5xx"] = _five_xx(test_client)  # metrics are process-wide: count from here
         yield test_client
 
@@ -516,11 +513,11 @@ def test_catalogue_size() -> None:
     assert len({c.name for c in CASES}) == len(CASES)  # names are unique
 
 
-def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tmp_path: Path) -> None:
+def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tiny_checkpoint: Path) -> None:
     """With one channel per GroupNorm group a 1x1 latent fails inside the model (a 500 before the fix): such
     inputs (a 1x1 image, a 1x1 index map or latent map) are refused as 422 before they reach the engine."""
-    checkpoint = make_checkpoint(tmp_path / "one-per-group")  # block_out_channels (32, 32), 32 groups
-    with TestClient(create_app(Settings(model_path=checkpoint, warmup=False, torch_threads=1))) as client:
+    # TINY_RGB: block_out_channels (32, 32) in 32 groups, one channel per group
+    with app_client(tiny_checkpoint, torch_threads=1) as client:
         for path, body, ctype in (
             ("/encode", png(1, 1), "image/png"),
             ("/reconstruct", png(2, 1), "image/png"),

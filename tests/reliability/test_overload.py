@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images import png
-
-from .conftest import Server, serve_process
+from tests.support.images import png
+from tests.support.servers import Server, serving_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
 CLIENTS = 48
@@ -53,11 +52,11 @@ async def offer_load(server: Server, bodies: list[bytes], seconds: float) -> lis
     return replies
 
 
-def test_overload_sheds_with_429_and_stays_flat(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_overload_sheds_with_429_and_stays_flat(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
     # one 128x128 image per batch on one torch thread: the engine serves a few dozen a second at most
     flags = ("--max-queue", str(MAX_QUEUE), "--max-batch-size", "1", "--request-timeout-s", str(TIMEOUT_S))
     bodies = [png(128, 128, seed=i) for i in range(8)]
-    with serve_process(tiny_checkpoint, tmp_path, *flags) as server:
+    with serving_checkpoint(tiny_64ch_checkpoint, tmp_path, *flags) as server:
         # warm-up as long as the measured run: the thread pools fill up and every worker thread's allocator
         # arena
         # is touched (a shorter warm-up leaves a few % of RSS growth that is start-up, not a leak)

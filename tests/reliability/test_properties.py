@@ -27,7 +27,7 @@ from service import codecs
 from service.batching import Batcher, BatchPolicy, Cost
 from service.errors import ServiceError
 from service.ops import Op, OpParams
-from tests.images import noise, png
+from tests.support.images import noise, png
 
 pytestmark = pytest.mark.timeout(120)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -133,7 +133,7 @@ def test_base64_round_trips_and_garbage_is_a_400(data: bytes, text: str) -> None
 
 
 def test_png_saved_with_odd_modes_round_trips_through_pillow() -> None:
-    """A sanity anchor for the generators above: `tests.images` builds real files Pillow reads back."""
+    """A sanity anchor for the generators above: `tests.support.images` builds real files Pillow reads back."""
     with Image.open(io.BytesIO(VALID_PNG)) as im:
         assert im.size == (10, 12)
 

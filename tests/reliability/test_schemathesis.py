@@ -26,8 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from service.app import create_app
 from service.settings import Settings
-
-from .conftest import Server, serve_in_thread
+from tests.support.servers import Server, serve_in_thread
 
 pytestmark = pytest.mark.timeout(180)
 MAX_EXAMPLES = int(os.environ.get("VQSERVE_FUZZ_EXAMPLES", "25"))
@@ -55,8 +54,8 @@ OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operat
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tiny_checkpoint: Path) -> Iterator[Server]:
-    with serve_in_thread(tiny_checkpoint, max_body_bytes=1_000_000, max_pixels=65_536) as server:
+def fuzz_server(tiny_64ch_checkpoint: Path) -> Iterator[Server]:
+    with serve_in_thread(tiny_64ch_checkpoint, max_body_bytes=1_000_000, max_pixels=65_536) as server:
         yield server
 
 

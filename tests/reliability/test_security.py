@@ -17,26 +17,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import deps
-from service.app import create_app
 from service.settings import Settings
-from tests.images import png
+from tests.support.constants import PNG
+from tests.support.images import png
+from tests.support.servers import app_client, serving_checkpoint
 
 from . import inputs
-from .conftest import serve_process
 
 pytestmark = pytest.mark.timeout(120)
 KEYS = ("k3y-Alpha-7d1c9e", "k3y-Bravo-52aa0f", "k3y-Charlie-e81b44")
 WRONG = "k3y-Wrong-0badc0ffee"
-PNG = {"content-type": "image/png"}
-
-
-def settings(checkpoint: Path, **overrides: Any) -> Settings:
-    return Settings(model_path=checkpoint, warmup=False, torch_threads=1, **overrides)
 
 
 @pytest.fixture(scope="module")
-def keyed(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(tiny_checkpoint, api_keys=list(KEYS)))) as client:
+def keyed(tiny_64ch_checkpoint: Path) -> Iterator[TestClient]:
+    with app_client(tiny_64ch_checkpoint, torch_threads=1, api_keys=list(KEYS)) as client:
         yield client
 
 
@@ -89,9 +84,9 @@ def test_every_key_is_compared_in_constant_time(keyed: TestClient, monkeypatch: 
         assert all(a == token.encode() for a, _ in calls)
 
 
-def test_keys_never_reach_the_logs(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_keys_never_reach_the_logs(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
     flags = ("--api-keys", ",".join(KEYS), "--log-level", "debug")
-    with serve_process(tiny_checkpoint, tmp_path, *flags) as server:
+    with serving_checkpoint(tiny_64ch_checkpoint, tmp_path, *flags) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             for token in (*KEYS, WRONG):
                 for path in ("/encode", "/reconstruct", "/models"):
@@ -115,7 +110,7 @@ def test_keys_never_reach_the_logs(tiny_checkpoint: Path, tmp_path: Path) -> Non
 
 
 # no client-given path is ever opened
-def test_no_endpoint_opens_a_client_given_path(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_no_endpoint_opens_a_client_given_path(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
     """Every parameter and body field of every operation gets the path of a real, readable image; an audit
     hook records every file the process opens meanwhile: that path is never among them."""
     canary = tmp_path / "canary.png"
@@ -129,7 +124,7 @@ def test_no_endpoint_opens_a_client_given_path(tiny_checkpoint: Path, tmp_path: 
             opened.append(str(args[0]))
 
     sys.addaudithook(hook)  # cannot be removed: it only records while `watching`
-    with TestClient(create_app(settings(tiny_checkpoint))) as client:
+    with app_client(tiny_64ch_checkpoint, torch_threads=1) as client:
         schema = client.get("/openapi.json").json()
         watching[0] = True
         canary.read_bytes()  # the control: the hook does see this process open the canary
@@ -180,8 +175,8 @@ def _json_with(name: str, b64: str) -> bytes:
 
 
 # CORS
-def test_cors_is_off_by_default(tiny_checkpoint: Path) -> None:
-    with TestClient(create_app(settings(tiny_checkpoint))) as client:
+def test_cors_is_off_by_default(tiny_64ch_checkpoint: Path) -> None:
+    with app_client(tiny_64ch_checkpoint, torch_threads=1) as client:
         origin = {"origin": "https://elsewhere.example"}
         preflight = client.options("/encode", headers={**origin, "access-control-request-method": "POST"})
         assert "access-control-allow-origin" not in preflight.headers
@@ -190,10 +185,9 @@ def test_cors_is_off_by_default(tiny_checkpoint: Path) -> None:
         assert "access-control-allow-origin" not in reply.headers
 
 
-def test_cors_allows_only_the_configured_origins(tiny_checkpoint: Path) -> None:
+def test_cors_allows_only_the_configured_origins(tiny_64ch_checkpoint: Path) -> None:
     allowed = "https://app.example"
-    app = create_app(settings(tiny_checkpoint, cors_origins=[allowed], max_body_bytes=10_000))
-    with TestClient(app) as client:
+    with app_client(tiny_64ch_checkpoint, torch_threads=1, cors_origins=[allowed], max_body_bytes=10_000) as client:
         preflight = client.options(
             "/encode",
             headers={

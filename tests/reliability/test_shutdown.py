@@ -15,13 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images import png
-from tests.servers import hold_engine
-
-from .conftest import serve_process
+from tests.support.constants import PNG
+from tests.support.images import png
+from tests.support.servers import hold_engine, serving_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
-PNG = {"content-type": "image/png"}
 DELAY_S = 1.5
 GRACE_S = 20.0
 
@@ -35,7 +33,7 @@ class Outcome:
     request_id: str = ""
 
 
-def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_sigterm_under_load_drains_and_exits_zero(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
     flags = ("--shutdown-delay-s", str(DELAY_S), "--graceful-timeout-s", str(GRACE_S), "--max-queue", "256")
     outcomes: list[Outcome] = []
     stop = threading.Event()
@@ -63,7 +61,7 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
                     )
                 n += 1
 
-    with serve_process(tiny_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(8) as pool:
+    with serving_checkpoint(tiny_64ch_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(8) as pool:
         clients = [pool.submit(client, k) for k in range(6)]
         time.sleep(1.0)  # steady load
         hold_engine(server, pool)  # so that work is queued behind the engine at the signal
@@ -116,9 +114,9 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_checkpoint: Path, tmp_pat
     )
 
 
-def test_second_signal_exits_at_once(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_second_signal_exits_at_once(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
     flags = ("--graceful-timeout-s", "60", "--shutdown-delay-s", "5")
-    with serve_process(tiny_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(4) as pool:
+    with serving_checkpoint(tiny_64ch_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(4) as pool:
         hold_engine(server, pool, side=640)  # several seconds of compute
         for i in range(3):
             pool.submit(

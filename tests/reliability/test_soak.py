@@ -21,10 +21,10 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.images import png
+from tests.support.images import png
+from tests.support.servers import Server, serving_checkpoint
 
 from . import inputs
-from .conftest import Server, serve_process
 
 WARMUP = 150
 THREAD_SLACK = 4  # the thread pools grow on demand and reap idle threads (see test_overload.THREAD_CEILING)
@@ -96,7 +96,7 @@ def run_mix(server: Server, count: int, workers: int = 8) -> Counter[tuple[str, 
 
 
 def soak(checkpoint: Path, tmp_path: Path, count: int) -> None:
-    with serve_process(checkpoint, tmp_path, "--max-queue", "64") as server:
+    with serving_checkpoint(checkpoint, tmp_path, "--max-queue", "64") as server:
         run_mix(server, WARMUP)
         time.sleep(0.5)
         rss, threads, fds = server.rss_bytes(), server.threads(), server.fds()
@@ -123,12 +123,12 @@ def soak(checkpoint: Path, tmp_path: Path, count: int) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_soak_short(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    soak(tiny_checkpoint, tmp_path, int(os.environ.get("VQSERVE_SOAK_REQUESTS", "2000")))
+def test_soak_short(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
+    soak(tiny_64ch_checkpoint, tmp_path, int(os.environ.get("VQSERVE_SOAK_REQUESTS", "2000")))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(os.environ.get("VQSERVE_SOAK") != "1", reason="opt-in: VQSERVE_SOAK=1 (20000 requests)")
-def test_soak_long(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    soak(tiny_checkpoint, tmp_path, 20_000)
+def test_soak_long(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
+    soak(tiny_64ch_checkpoint, tmp_path, 20_000)

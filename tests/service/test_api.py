@@ -15,15 +15,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import VQModel
-from service.app import create_app
 from service.codecs import to_model_input
 from service.engine import ModelLoadError
-from service.settings import Settings
-from tests.images import decode_png, image_bytes, png, random_image
-from tests.servers import parse_metric
+from tests.support.constants import PNG
+from tests.support.images import decode_png, image_bytes, png, random_image
+from tests.support.reference import model_output
+from tests.support.servers import app_client, parse_metric
 
 pytestmark = pytest.mark.timeout(60)
-PNG = {"content-type": "image/png"}
 
 
 def direct_indices(checkpoint: Path, data: bytes) -> torch.Tensor:
@@ -184,8 +183,8 @@ def test_decode_latents_json_binary_scaling_and_force_not_quantize(client: TestC
     b64 = base64.b64encode(latents.numpy().tobytes()).decode()
     quantized = client.post("/decode", json={"latents": b64, "shape": [1, 4, 3, 3]})
     with torch.inference_mode():
-        expected = model.decode(latents).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    assert np.array_equal(decode_png(quantized.content), expected[0].permute(1, 2, 0).numpy())
+        expected = model_output(model.decode(latents))
+    assert np.array_equal(decode_png(quantized.content), expected[0])
     # the same latents scaled by 2 with scaling_factor=2, as float16 binary
     scaled = (latents * 2).half()
     binary = client.post(
@@ -194,12 +193,12 @@ def test_decode_latents_json_binary_scaling_and_force_not_quantize(client: TestC
         headers={"content-type": "application/octet-stream"},
     )
     with torch.inference_mode():
-        expected = model.decode(scaled.float() / 2).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    assert np.array_equal(decode_png(binary.content), expected[0].permute(1, 2, 0).numpy())
+        expected = model_output(model.decode(scaled.float() / 2))
+    assert np.array_equal(decode_png(binary.content), expected[0])
     raw = client.post("/decode?force_not_quantize=true", json={"latents": b64, "shape": [1, 4, 3, 3]})
     with torch.inference_mode():
-        unquantized = model.decode(latents, force_not_quantize=True).clamp(-1, 1).add(1).mul(127.5).round()
-    assert np.array_equal(decode_png(raw.content), unquantized[0].permute(1, 2, 0).to(torch.uint8).numpy())
+        unquantized = model_output(model.decode(latents, force_not_quantize=True))
+    assert np.array_equal(decode_png(raw.content), unquantized[0])
 
 
 @pytest.mark.parametrize(
@@ -319,8 +318,7 @@ def test_draining_flips_readiness_and_refuses_inference(client: TestClient) -> N
 
 
 def test_missing_checkpoint_fails_startup_naming_path_and_setting(tmp_path: Path) -> None:
-    app = create_app(Settings(model_path=tmp_path / "absent"))
-    with pytest.raises(ModelLoadError, match="VQSERVE_MODEL_PATH") as info, TestClient(app):
+    with pytest.raises(ModelLoadError, match="VQSERVE_MODEL_PATH") as info, app_client(tmp_path / "absent"):
         pass
     assert str(tmp_path / "absent") in str(info.value)
 

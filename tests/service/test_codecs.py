@@ -11,7 +11,8 @@ from PIL import Image
 
 from service import codecs
 from service.errors import ServiceError
-from tests.images import image_bytes, random_image
+from tests.support.images import image_bytes, random_image
+from tests.support.reference import normalise
 
 BIG = 1 << 30
 
@@ -121,7 +122,7 @@ def test_model_input_range_and_layout() -> None:
     arr = np.array([[[0, 255, 128]]], dtype=np.uint8)
     tensor = codecs.to_model_input(arr, 2)
     assert tensor.shape == (3, 2, 2)
-    assert tensor[:, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 128 / 255 * 2 - 1], abs=1e-6)
+    assert tensor[:, 0, 0].tolist() == pytest.approx(normalise(arr[0, 0]).tolist(), abs=1e-6)  # -1, 1, 1/255
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])

@@ -11,28 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.images import png
-from tests.servers import Server, free_port, hold_engine, serving
+from tests.support.constants import PNG, ROOT
+from tests.support.images import png
+from tests.support.servers import free_port, hold_engine, serving_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parents[2]
-PNG = {"content-type": "image/png"}
-
-
-@contextmanager
-def serve(checkpoint: Path, tmp_path: Path, *flags: str) -> Iterator[Server]:
-    args = ["--model-path", str(checkpoint), "--torch-threads", "1", "--no-warmup", *flags]
-    with serving(args, tmp_path / f"server-{time.monotonic_ns()}.log", checkpoint=checkpoint) as server:
-        yield server
 
 
 def post(url: str, path: str, data: bytes, timeout: float = 90) -> httpx.Response:
@@ -40,7 +29,10 @@ def post(url: str, path: str, data: bytes, timeout: float = 90) -> httpx.Respons
 
 
 def test_concurrent_requests_are_batched(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with serve(tiny_checkpoint, tmp_path, "--max-batch-size", "16") as server, ThreadPoolExecutor(8) as pool:
+    with (
+        serving_checkpoint(tiny_checkpoint, tmp_path, "--max-batch-size", "16") as server,
+        ThreadPoolExecutor(8) as pool,
+    ):
         slow = hold_engine(server, pool)
         replies = [pool.submit(post, server.url, "/encode", png(32, 32, seed=i)) for i in range(6)]
         assert all(r.result().status_code == 200 for r in replies)
@@ -53,7 +45,7 @@ def test_concurrent_requests_are_batched(tiny_checkpoint: Path, tmp_path: Path) 
 
 
 def test_sigint_also_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with serve(tiny_checkpoint, tmp_path) as server:
+    with serving_checkpoint(tiny_checkpoint, tmp_path) as server:
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=30) == 0
         log = server.log.read_text()

@@ -20,11 +20,11 @@ from PIL import Image
 
 from model import VQModel
 from model.pixels import from_uint8
-from tests.images import decode_png, image_bytes, random_rgb
-from tests.servers import parse_metric
+from tests.support.constants import PNG
+from tests.support.images import decode_png, image_bytes, random_rgb
+from tests.support.servers import parse_metric
 
 pytestmark = pytest.mark.timeout(120)
-PNG = {"content-type": "image/png"}
 TILED = {"tile_size": 32, "tile_overlap": 8}
 
 

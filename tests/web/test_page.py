@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import image_bytes
-from tests.servers import serving
-from tests.service.conftest import make_checkpoint
+from tests.support.checkpoints import TINY_RGB, build_checkpoint
+from tests.support.constants import WEIGHTS
+from tests.support.images import image_bytes
+from tests.support.servers import serving
 from tests.web.page import ARGS, CHROMIUM, DECODED, MODELS_LISTED
 
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_MS = 60_000
 
 # pixels of a canvas as a flat RGBA list, read inside the page
@@ -62,8 +62,8 @@ def serve(tmp: Path, *flags: str) -> Iterator[str]:
     """`python -m service` serving default (tiny, random) and digits (shipped); yields its base URL."""
     tiny = tmp / "tiny"
     if not tiny.exists():
-        make_checkpoint(tiny, seed=3)
-    digits = ROOT / "model" / "weights" / "digits"
+        build_checkpoint(tiny, TINY_RGB, seed=3)
+    digits = WEIGHTS / "digits"
     args = ["--models", f"default={tiny},digits={digits}", "--torch-threads", "1", "--no-warmup", *flags]
     with serving(args, tmp / f"server-{time.monotonic_ns()}.log") as server:
         yield server.url

@@ -9,18 +9,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.routes.web import STATIC_DIR
-from service.settings import Settings
-from tests.service.conftest import make_checkpoint
+from tests.support.constants import ROOT
+from tests.support.servers import app_client
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    checkpoint = make_checkpoint(tmp_path_factory.mktemp("web-tiny"))
-    with TestClient(create_app(Settings(model_path=checkpoint, warmup=False))) as test_client:
+def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
+    with app_client(tiny_checkpoint) as test_client:
         yield test_client
 
 
@@ -83,6 +81,6 @@ def test_unknown_or_escaping_paths_are_404_json(client: TestClient, path: str) -
 
 def test_static_files_are_packaged() -> None:
     """pyproject's package-data must ship service/static, or an installed service serves an empty page."""
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'service = ["static/**/*"]' in pyproject
     assert (STATIC_DIR / "index.html").is_file()
