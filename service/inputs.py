@@ -1,12 +1,15 @@
 """Request payloads -> checked model inputs: the one input path every protocol shares.
 
 CPU work for the codec pool. It checks inputs against the model (channels, index range, latent channels,
-finiteness, sizes) so the engine only ever sees tensors it can compute, and so that every route refuses the
-same input for the same reason. Protocol-specific wire formats live in `protocols/`; no HTTP objects here.
+finiteness, sizes) and every float parameter of the latents (`scaling_factor`, `shift_factor`: `check_factor`,
+then `latents_input` / `scale_latents` once the latents are known), so that the engine only ever sees tensors it
+can compute, no reply carries non-finite latents, and every route refuses the same input for the same reason.
+Protocol-specific wire formats live in `protocols/`; no HTTP objects here.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -51,6 +54,89 @@ def check_latent_area(h: int, w: int, facts: ModelFacts, what: str) -> None:
             f"{what} is too small for model {facts.name!r}: it needs at least {facts.config.min_latent_area} latent "
             f"cells (h x w), got {h}x{w}; send a larger image or index map",
         )
+
+
+# the float parameters of latents: scaling_factor and shift_factor, on every route that takes them
+FLOAT32 = torch.finfo(torch.float32)  # latents travel and are scaled in float32
+
+
+@dataclass(frozen=True)
+class LatentFactors:
+    """Diffusion pipelines' latent scaling, checked by `latent_factors`: decoding takes `latents / scale + shift`,
+    encoding returns `(latents - shift) * scale`; None leaves that step out."""
+
+    scale: float | None = None
+    shift: float | None = None
+
+
+def check_factor(name: str, value: object, *, divisor: bool) -> float | None:
+    """One float parameter of the latents -> a float, or a 422 naming it: a number, finite in float32 (the
+    latents' dtype); a `divisor` (a scale) also non-zero and not subnormal in float32, since dividing by
+    0 or by a subnormal sends every latent to inf or NaN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ServiceError("invalid_input", f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32.max:
+        raise ServiceError(
+            "invalid_input", f"{name} must be a finite number within float32's range (±{FLOAT32.max:.4g}), got {value}"
+        )
+    if divisor and abs(number) < FLOAT32.tiny:
+        raise ServiceError(
+            "invalid_input",
+            f"{name} must be non-zero and at least float32's smallest normal number ({FLOAT32.tiny:.4g}) in "
+            f"magnitude, got {value}: dividing the latents by it overflows them",
+        )
+    return number
+
+
+def latent_factors(scaling_factor: object, shift_factor: object = None) -> LatentFactors:
+    """The checked factors of a request (422 for a non-finite, zero or subnormal scale, or a non-finite shift)."""
+    return LatentFactors(
+        check_factor("scaling_factor", scaling_factor, divisor=True),
+        check_factor("shift_factor", shift_factor, divisor=False),
+    )
+
+
+def unscale_latents(latents: torch.Tensor, factors: LatentFactors, facts: ModelFacts) -> torch.Tensor:
+    """Float32 latents -> `latents / scale + shift`; a 422 unless every value stays finite in the dtype the
+    model computes in (float16 overflows far sooner than float32)."""
+    if factors.scale is not None:
+        latents = latents / factors.scale
+    if factors.shift is not None:
+        latents = latents + factors.shift
+    limit = torch.finfo(codecs.TENSOR_DTYPES.get(facts.dtype, torch.float32)).max
+    if not _within(latents, limit):
+        raise ServiceError(
+            "invalid_input",
+            f"latents / scaling_factor ({factors.scale}) + shift_factor ({factors.shift}) leave the finite range of "
+            f"{facts.dtype} (±{limit:.4g}) that model {facts.name!r} decodes in; send smaller latents or factors",
+        )
+    return latents
+
+
+def scale_latents(latents: torch.Tensor, factors: LatentFactors) -> torch.Tensor:
+    """Encoded latents as a diffusion pipeline takes them, `(latents - shift) * scale`; a 422 unless every value
+    stays finite in float32."""
+    if factors.shift is not None:
+        latents = latents - factors.shift
+    if factors.scale is not None:
+        latents = latents * factors.scale
+    if not _within(latents, FLOAT32.max):
+        raise ServiceError(
+            "invalid_input",
+            f"(latents - shift_factor ({factors.shift})) * scaling_factor ({factors.scale}) overflows float32; "
+            "send smaller factors",
+        )
+    return latents
+
+
+def _within(tensor: torch.Tensor, limit: float) -> bool:
+    return tensor.numel() == 0 or bool(torch.isfinite(tensor).all() and tensor.abs().max() <= limit)
 
 
 @dataclass(frozen=True)
@@ -107,7 +193,7 @@ def _image_input(arr: np.ndarray, facts: ModelFacts) -> ImageInput:
 
 
 # index maps and latents
-def decode_from_json(body: bytes, facts: ModelFacts) -> DecodeInput:
+def decode_from_json(body: bytes, facts: ModelFacts, factors: LatentFactors | None = None) -> DecodeInput:
     request = parse_json(body, DecodeJSONRequest)
     crop = (request.image_size[0], request.image_size[1]) if request.image_size else None
     if request.indices is not None:
@@ -119,10 +205,12 @@ def decode_from_json(body: bytes, facts: ModelFacts) -> DecodeInput:
     if request.latents is None or request.shape is None:  # the schema already requires both
         raise ServiceError("invalid_input", "'latents' needs 'shape'")
     data = codecs.b64decode(request.latents, "latents")
-    return latents_input(codecs.read_tensor(data, request.shape, request.dtype), facts, crop)
+    return latents_input(codecs.read_tensor(data, request.shape, request.dtype), facts, crop, factors)
 
 
-def decode_from_tensor(body: bytes, shape: list[int] | None, dtype: str | None, facts: ModelFacts) -> DecodeInput:
+def decode_from_tensor(
+    body: bytes, shape: list[int] | None, dtype: str | None, facts: ModelFacts, factors: LatentFactors | None = None
+) -> DecodeInput:
     if not shape or dtype is None:
         raise ServiceError(
             "invalid_input", "a binary tensor needs the query parameters shape (repeated, in order) and dtype"
@@ -131,7 +219,7 @@ def decode_from_tensor(body: bytes, shape: list[int] | None, dtype: str | None, 
     if dtype in codecs.INDEX_DTYPES:
         return _indices_input(tensor, facts, None)
     if dtype in codecs.LATENT_DTYPES:
-        return latents_input(tensor, facts, None)
+        return latents_input(tensor, facts, None, factors)
     raise ServiceError(
         "invalid_input",
         f"dtype {dtype!r}: use {'/'.join(codecs.INDEX_DTYPES)} for indices or {'/'.join(codecs.LATENT_DTYPES)} "
@@ -139,11 +227,11 @@ def decode_from_tensor(body: bytes, shape: list[int] | None, dtype: str | None, 
     )
 
 
-def decode_from_array(array: np.ndarray, facts: ModelFacts) -> DecodeInput:
+def decode_from_array(array: np.ndarray, facts: ModelFacts, factors: LatentFactors | None = None) -> DecodeInput:
     """Integers (B, h, w) are indices, floats (B, D, h, w) latents (the Open Inference Protocol's tensors)."""
     tensor = torch.from_numpy(array)
     if tensor.is_floating_point():
-        return latents_input(tensor, facts, None)
+        return latents_input(tensor, facts, None, factors)
     return _indices_input(tensor, facts, None)
 
 
@@ -174,7 +262,11 @@ def _indices_input(indices: torch.Tensor, facts: ModelFacts, crop: tuple[int, in
     return DecodeInput(Op.DECODE_INDICES, list(indices.unbind(0)), crop)
 
 
-def latents_input(latents: torch.Tensor, facts: ModelFacts, crop: tuple[int, int] | None) -> DecodeInput:
+def latents_input(
+    latents: torch.Tensor, facts: ModelFacts, crop: tuple[int, int] | None, factors: LatentFactors | None = None
+) -> DecodeInput:
+    """Latents (B, D, h, w), checked, as the model decodes them: `latents / scale + shift` when `factors` say so,
+    refused (422) unless every value is finite, before and after, in the dtype the model computes in."""
     if latents.ndim != 4 or latents.shape[1] != facts.config.embed_dim:
         raise ServiceError(
             "invalid_input",
@@ -186,6 +278,7 @@ def latents_input(latents: torch.Tensor, facts: ModelFacts, crop: tuple[int, int
         raise ServiceError("invalid_input", "latents hold NaN or infinite values")
     check_latent_area(latents.shape[2], latents.shape[3], facts, "the latent map")
     _check_crop(crop, latents.shape[2], latents.shape[3], facts)
+    latents = unscale_latents(latents, factors or LatentFactors(), facts)
     return DecodeInput(Op.DECODE_LATENTS, list(latents.unbind(0)), crop)
 
 

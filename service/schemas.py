@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .facts import ModelFacts
 
@@ -113,3 +123,102 @@ class DecodeJSONRequest(BaseModel):
 
 class DecodeJSONResponse(BaseModel):
     images: list[str] = Field(description="base64 PNG (or the asked format) per image, in order")
+
+
+# the Open Inference Protocol (KServe v2): the inference request as the protocol defines it, validated whole
+# before any field is read (`protocols/oip.py`), and the replies of the /v2 routes
+def _scalar(value: object) -> bool | int | float | str:
+    if not isinstance(value, bool | int | float | str):
+        raise ValueError(f"must be a string, number or boolean, got {type(value).__name__}")
+    return value
+
+
+def _number(value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {type(value).__name__}")
+    return value
+
+
+OIPScalar = Annotated[
+    bool | int | float | str,
+    PlainValidator(_scalar),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+]
+OIPNumber = Annotated[float | int, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+
+
+class OIPParameters(BaseModel):
+    """`$parameters`: an object whose values are strings, numbers or booleans; the keys vqserve reads are typed."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, OIPScalar] = Field(init=False)
+
+
+class InferRequestParameters(OIPParameters):
+    binary_data_output: StrictBool = Field(default=False, description="binary-data extension: every output as binary")
+    force_not_quantize: StrictBool = Field(
+        default=False, description="LATENTS: decode without snapping to the codebook"
+    )
+    scaling_factor: OIPNumber | None = Field(
+        default=None, description="LATENTS: divided by it first; finite, not 0, not subnormal in float32"
+    )
+
+
+class InferInputParameters(OIPParameters):
+    binary_data_size: StrictInt | None = Field(
+        default=None, ge=0, description="binary-data extension: the tensor's bytes after the JSON header"
+    )
+
+
+class InferOutputParameters(OIPParameters):
+    binary_data: StrictBool | None = Field(default=None, description="binary-data extension: this output as binary")
+
+
+class InferInputTensor(BaseModel):
+    """`$request_input`: one named tensor; `data` row-major (flat or nested), or binary after the JSON header."""
+
+    name: StrictStr = Field(description="IMAGE, INDICES or LATENTS")
+    shape: list[Annotated[StrictInt, Field(ge=1)]] = Field(min_length=1, description="positive sizes")
+    datatype: StrictStr = Field(description="UINT8 (IMAGE), INT16/INT32/INT64 (INDICES), FP16/FP32 (LATENTS)")
+    parameters: InferInputParameters | None = None
+    data: list[Any] | None = Field(default=None, description="row-major values; absent with binary_data_size")
+
+
+class InferRequestedOutput(BaseModel):
+    """`$request_output`: an output wanted, and whether as binary."""
+
+    name: StrictStr = Field(description="INDICES or LATENTS from IMAGE; IMAGE from INDICES or LATENTS")
+    parameters: InferOutputParameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    """`$inference_request` of the v2 protocol; keys it does not define are ignored (room for extensions)."""
+
+    id: StrictStr | None = None
+    parameters: InferRequestParameters | None = None
+    inputs: list[InferInputTensor] = Field(description="exactly one of IMAGE, INDICES or LATENTS")
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, OIPScalar] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """`$inference_response` (JSON; with binary outputs this JSON header is followed by their bytes)."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, OIPScalar] | None = None
+    outputs: list[InferOutputTensor]
+
+
+class OIPErrorResponse(BaseModel):
+    """The protocol's error shape."""
+
+    error: str = Field(description="what was wrong and what to do")

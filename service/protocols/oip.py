@@ -9,23 +9,29 @@ Each served model is one v2 model with named tensors (send exactly one input per
 - input `INDICES` INT32 [B, h, w] or `LATENTS` FP32 [B, D, h, w] -> output `IMAGE` UINT8 [B, H, W, C].
   Request parameters `force_not_quantize` (bool) and `scaling_factor` (float) apply to `LATENTS`.
 Tensors travel as JSON `data` (row-major, flat or nested) or with the binary-data extension
-(`Inference-Header-Content-Length`, `binary_data_size`, `binary_data` / `binary_data_output`). Errors inside
-/v2 answer the protocol's `{"error": "<message>"}`. Compute goes through the batcher like every other route.
+(`Inference-Header-Content-Length`, `binary_data_size`, `binary_data` / `binary_data_output`). A request is
+validated whole against pydantic models of the protocol's InferenceRequest (`schemas.py`, the approach of
+KServe's own server) before any field is read, and shapes are bounded by the body before they are multiplied:
+every malformed request answers 400. Errors inside /v2 answer the protocol's `{"error": "<message>"}`. Compute
+goes through the batcher like every other route.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
+from pydantic import ValidationError
 
-from ..errors import ServiceError
+from ..errors import ServiceError, validation_message
 from ..facts import ModelFacts
-from ..inputs import check_count, check_decode_limits, decode_from_array, images_from_array
+from ..inputs import check_count, check_decode_limits, decode_from_array, images_from_array, latent_factors
 from ..ops import Encoded, LatentDecode, Op
+from ..schemas import InferenceRequest, InferInputTensor, InferRequestParameters
 
 VERSION = "1"
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -63,7 +69,7 @@ class InferRequest:
     id: str | None
     tensor: Tensor
     outputs: dict[str, bool]  # requested output -> binary
-    parameters: dict[str, Any]
+    parameters: InferRequestParameters
 
 
 # metadata
@@ -97,97 +103,128 @@ def check_version(version: str | None) -> None:
 
 
 # request parsing (codec pool)
-def parse_request(body: bytes, header_length: int | None) -> InferRequest:
-    """A v2 inference request (JSON, or JSON then binary blobs) -> the one input and the wanted outputs."""
-    if header_length is not None:
-        if not 0 < header_length <= len(body):
-            raise OIPError(
-                400,
-                f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)}",
-            )
-        head, blobs = body[:header_length], memoryview(body)[header_length:]
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """A v2 inference request (JSON, or JSON then binary blobs), validated whole against the protocol's models
+    (`schemas.InferenceRequest`) before any field is read -> the one input and the wanted outputs. Anything
+    malformed is the protocol's 400."""
+    length = _header_length(header_length)
+    if length is not None:
+        if not 0 < length <= len(body):
+            raise OIPError(400, f"Inference-Header-Content-Length {length} does not fit a body of {len(body)}")
+        head, blobs = body[:length], memoryview(body)[length:]
     else:
         head, blobs = body, memoryview(b"")
     try:
-        request = orjson.loads(head)
+        raw = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise OIPError(400, f"the inference header is not valid JSON: {exc}") from exc
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise OIPError(400, "the request must be a JSON object with an 'inputs' list")
-    inputs = request["inputs"]
-    if len(inputs) != 1:
-        names = [i.get("name") for i in inputs if isinstance(i, dict)]
+    try:
+        request = InferenceRequest.model_validate(raw)
+    except ValidationError as exc:
+        message = validation_message(exc.errors())
+        raise OIPError(400, f"the request is not a v2 inference request: {message}") from exc
+    if len(request.inputs) != 1:
+        names = [i.name for i in request.inputs]
         raise OIPError(400, f"send exactly one input (IMAGE, INDICES or LATENTS); got {names}")
-    tensor, used = _parse_tensor(inputs[0], blobs)
+    tensor, used = _parse_tensor(request.inputs[0], blobs, len(body))
     if used != len(blobs):
         raise OIPError(400, f"the body holds {len(blobs) - used} bytes of binary data no input claims")
-    parameters = request.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise OIPError(400, "'parameters' must be an object")
-    binary_default = bool(parameters.get("binary_data_output", False))
+    parameters = request.parameters or InferRequestParameters()
     allowed = OUTPUTS_FOR[tensor.name]
     outputs: dict[str, bool] = {}
-    for spec in request.get("outputs") or []:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in allowed:
+    for spec in request.outputs or []:
+        if spec.name not in allowed:
             raise OIPError(
                 400,
-                f"output {name!r} is not produced from input {tensor.name}; choose from {allowed}",
+                f"output {spec.name!r} is not produced from input {tensor.name}; choose from {allowed}",
             )
-        wanted = (spec.get("parameters") or {}).get("binary_data", binary_default)
-        outputs[name] = bool(wanted)
+        binary = spec.parameters.binary_data if spec.parameters is not None else None
+        outputs[spec.name] = parameters.binary_data_output if binary is None else binary
     if not outputs:
-        outputs = dict.fromkeys(DEFAULT_OUTPUTS[tensor.name], binary_default)
-    request_id = request.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, tensor, outputs, parameters)
+        outputs = dict.fromkeys(DEFAULT_OUTPUTS[tensor.name], parameters.binary_data_output)
+    return InferRequest(request.id, tensor, outputs, parameters)
 
 
-def _parse_tensor(spec: Any, blobs: memoryview) -> tuple[Tensor, int]:
-    if not isinstance(spec, dict):
-        raise OIPError(400, "each input must be an object with name, shape, datatype and data")
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+def _header_length(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.strip().isascii() or not text.strip().isdigit():
+        raise OIPError(400, f"Inference-Header-Content-Length must be a byte count, got {text[:40]!r}")
+    return int(text.strip())
+
+
+def _parse_tensor(spec: InferInputTensor, blobs: memoryview, body_size: int) -> tuple[Tensor, int]:
+    name, datatype, shape = spec.name, spec.datatype, spec.shape
     if name not in INPUT_TYPES:
         raise OIPError(400, f"unknown input {name!r}; the inputs are IMAGE, INDICES and LATENTS")
     if datatype not in INPUT_TYPES[name]:
         raise OIPError(400, f"input {name} must be {' or '.join(INPUT_TYPES[name])}, got {datatype!r}")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise OIPError(400, f"input {name}: shape must be a list of positive integers, got {shape!r}")
     if len(shape) != len(INPUT_DIMS[name]):
         raise OIPError(400, f"{name} must be [{', '.join(INPUT_DIMS[name])}], got {shape}")
+    # bounded before multiplying (Python ints, never int64): every value takes at least a byte of the body
+    if any(d > body_size for d in shape) or math.prod(shape) > body_size:
+        raise OIPError(
+            400, f"input {name}: shape {shape} asks for more values than a body of {body_size} bytes can carry"
+        )
+    count = math.prod(shape)
     dtype = DATATYPES[datatype]
-    count = int(np.prod(shape))
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = spec.parameters.binary_data_size if spec.parameters is not None else None
     if size is not None:
+        if spec.data is not None:
+            raise OIPError(400, f"input {name} has both 'data' and a binary_data_size; send one")
         if size != count * dtype.itemsize or size > len(blobs):
             raise OIPError(
                 400,
                 f"input {name}: binary_data_size {size} does not match shape {shape} of {datatype}",
             )
         array = np.frombuffer(blobs[:size], dtype=dtype).reshape(shape)
-        return Tensor(name, datatype, array.astype(dtype.newbyteorder("="))), int(size)
-    if "data" not in spec:
+        return Tensor(name, datatype, array.astype(dtype.newbyteorder("="))), size
+    if spec.data is None:
         raise OIPError(400, f"input {name} has neither 'data' nor a binary_data_size")
+    return Tensor(name, datatype, _json_array(name, datatype, spec.data, shape, count)), 0
+
+
+def _json_array(name: str, datatype: str, data: list[Any], shape: list[int], count: int) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) -> an array of `datatype`: numbers only (integers for integer
+    types), within the type's range."""
     try:
-        array = np.asarray(spec["data"], dtype=dtype.newbyteorder("="))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise OIPError(400, f"input {name}: data is not a {datatype} array: {exc}") from exc
-    if array.size != count:
-        raise OIPError(400, f"input {name}: {array.size} values do not fill shape {shape}")
-    return Tensor(name, datatype, array.reshape(shape)), 0
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise OIPError(400, f"input {name}: data is not a rectangular array of numbers: {exc}") from exc
+    if values.size != count:
+        raise OIPError(400, f"input {name}: {values.size} values do not fill shape {shape}")
+    dtype = DATATYPES[datatype]
+    integer = dtype.kind in "iu"
+    if values.dtype.kind not in ("iu" if integer else "iuf"):
+        kind = "integers" if integer else "numbers"
+        raise OIPError(400, f"input {name}: data must be {kind} ({datatype}), got values of type {values.dtype}")
+    if integer and values.size:
+        info = np.iinfo(dtype)
+        low, high = int(values.min()), int(values.max())
+        if low < info.min or high > info.max:
+            raise OIPError(400, f"input {name}: values in [{low}, {high}] do not fit {datatype}")
+    with np.errstate(over="ignore"):  # a float out of FP16's range becomes inf: refused as non-finite latents
+        return values.astype(dtype.newbyteorder("=")).reshape(shape)
 
 
 def to_model_inputs(
-    tensor: Tensor, facts: ModelFacts, max_images: int, max_pixels: int
-) -> tuple[Op, list[torch.Tensor]]:
-    """The op and per-item model inputs, checked by the same payload helpers as /encode and /decode; input
-    that does not fit the model answers the protocol's 400 (sizes over the limits stay 413)."""
+    request: InferRequest, facts: ModelFacts, max_images: int, max_pixels: int
+) -> tuple[Op, list[torch.Tensor], LatentDecode | None]:
+    """The op, per-item model inputs and op parameters, checked by the same input path as /encode and /decode
+    (the `scaling_factor` parameter included); input that does not fit the model answers the protocol's 400
+    (sizes over the limits stay 413)."""
+    tensor = request.tensor
     try:
+        factors = latent_factors(request.parameters.scaling_factor)
         if tensor.name == "IMAGE":
             check_count(len(tensor.array), max_images)
-            return Op.ENCODE, [image.tensor for image in images_from_array(tensor.array, facts, max_pixels)]
-        decoded = decode_from_array(tensor.array, facts)
+            images = images_from_array(tensor.array, facts, max_pixels)
+            return Op.ENCODE, [image.tensor for image in images], None
+        decoded = decode_from_array(tensor.array, facts, factors)  # latents / scaling_factor, checked
         check_decode_limits(decoded, facts, max_images, max_pixels)
-        return decoded.op, decoded.tensors
+        if decoded.op == Op.DECODE_LATENTS:
+            return decoded.op, decoded.tensors, LatentDecode(request.parameters.force_not_quantize)
+        return decoded.op, decoded.tensors, None
     except ServiceError as exc:
         if exc.kind == "invalid_input":
             raise OIPError(400, exc.message) from exc
@@ -217,16 +254,6 @@ def build_response(
         body["id"] = request.id
     head = orjson.dumps(body)
     return (head + b"".join(blobs), len(head)) if blobs else (head, None)
-
-
-def latent_params(parameters: dict[str, Any]) -> LatentDecode:
-    force = parameters.get("force_not_quantize", False)
-    scale = parameters.get("scaling_factor")
-    if not isinstance(force, bool):
-        raise OIPError(400, "parameter force_not_quantize must be a boolean")
-    if scale is not None and (not isinstance(scale, int | float) or isinstance(scale, bool) or scale == 0):
-        raise OIPError(400, "parameter scaling_factor must be a non-zero number")
-    return LatentDecode(force, float(scale) if scale is not None else None)
 
 
 def collect_outputs(op: Op, results: list[Any]) -> dict[str, np.ndarray]:

@@ -12,7 +12,15 @@ from model.pixels import from_uint8
 from .. import codecs
 from ..errors import ServiceError
 from ..facts import ModelFacts
-from ..inputs import DecodeInput, check_input_pixels, check_latent_area, latents_input, prepare_images
+from ..inputs import (
+    DecodeInput,
+    LatentFactors,
+    check_input_pixels,
+    check_latent_area,
+    latents_input,
+    prepare_images,
+    scale_latents,
+)
 from ..ops import Encoded
 
 
@@ -55,36 +63,23 @@ def remote_latents(
     shape: list[int] | None,
     dtype: str | None,
     facts: ModelFacts,
-    scaling_factor: float | None,
-    shift_factor: float | None,
+    factors: LatentFactors,
 ) -> DecodeInput:
     """diffusers' `remote_decode` body: float latents (B, D, h, w) or (D, h, w), checked, then
-    `latents / scaling_factor + shift_factor` as its pipelines unscale them."""
+    `latents / scaling_factor + shift_factor` as its pipelines unscale them (checked by the shared input path:
+    a 422 unless they stay finite)."""
     if not shape or dtype is None:
         raise ServiceError("invalid_input", "send the query parameters shape (repeated, in order) and dtype")
     if dtype not in codecs.LATENT_DTYPES:
         raise ServiceError("invalid_input", f"dtype {dtype!r}: latents must be one of {codecs.LATENT_DTYPES}")
     latents = codecs.read_tensor(body, shape, dtype)
-    checked = latents_input(latents.unsqueeze(0) if latents.ndim == 3 else latents, facts, None)
-    unscaled = []
-    for item in checked.tensors:
-        if scaling_factor is not None:
-            item = item / scaling_factor
-        if shift_factor is not None:
-            item = item + shift_factor
-        unscaled.append(item)
-    return DecodeInput(checked.op, unscaled, None)
+    return latents_input(latents.unsqueeze(0) if latents.ndim == 3 else latents, facts, None, factors)
 
 
-def latents_binary(
-    results: list[Encoded], shift_factor: float | None, scaling_factor: float | None
-) -> tuple[bytes, list[int]]:
-    """diffusers' `remote_encode` reply: float32 (B, D, h, w) `(latents - shift_factor) * scaling_factor`."""
-    latents = torch.stack([r.latents for r in results])
-    if shift_factor is not None:
-        latents = latents - shift_factor
-    if scaling_factor is not None:
-        latents = latents * scaling_factor
+def latents_binary(results: list[Encoded], factors: LatentFactors) -> tuple[bytes, list[int]]:
+    """diffusers' `remote_encode` reply: float32 (B, D, h, w) `(latents - shift_factor) * scaling_factor`
+    (a 422 unless every value stays finite)."""
+    latents = scale_latents(torch.stack([r.latents for r in results]), factors)
     return codecs.tensor_bytes(latents), list(latents.shape)
 
 

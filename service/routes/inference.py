@@ -3,7 +3,6 @@ batcher, pick the reply format. Handlers never compute tensors themselves."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +13,14 @@ from ..codecs import write_image
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
 from ..facts import ModelFacts
-from ..inputs import ImageInput, check_decode_limits, decode_from_json, decode_from_tensor, prepare_images
+from ..inputs import (
+    ImageInput,
+    check_decode_limits,
+    decode_from_json,
+    decode_from_tensor,
+    latent_factors,
+    prepare_images,
+)
 from ..ops import LatentDecode, Op
 from ..protocols.rest import (
     crop_outputs,
@@ -25,7 +31,16 @@ from ..protocols.rest import (
     reconstruct_reply,
 )
 from ..runtime import Services
-from ..schemas import DecodeJSONRequest, DecodeJSONResponse, EncodeBatchResponse, EncodeJSONRequest, EncodeResponse
+from ..schemas import (
+    DecodeJSONRequest,
+    DecodeJSONResponse,
+    EncodeBatchResponse,
+    EncodeJSONRequest,
+    EncodeResponse,
+    ErrorResponse,
+    InferenceRequest,
+    OIPErrorResponse,
+)
 from .admission import admit
 from .bodies import read_image_files, tensor_response
 from .negotiation import media_type, negotiate
@@ -121,7 +136,9 @@ async def decode(
     services: ServicesDep,
     model: ModelQuery = None,
     force_not_quantize: Annotated[bool, Query(description="decode latents without quantizing them")] = False,
-    scaling_factor: Annotated[float | None, Query(description="divide latents by this first")] = None,
+    scaling_factor: Annotated[
+        float | None, Query(description="divide latents by this first: finite, not 0, not subnormal")
+    ] = None,
     format: FormatQuery = None,  # noqa: A002 - the contract's name
     shape: Annotated[list[int] | None, Query(description="binary body: tensor shape, repeated in order")] = None,
     dtype: Annotated[
@@ -130,10 +147,7 @@ async def decode(
 ) -> Response:
     """Decode codebook indices or latents to images."""
     facts = services.model(model)
-    if scaling_factor is not None and (scaling_factor == 0 or not math.isfinite(scaling_factor)):
-        raise ServiceError(
-            "invalid_input", f"scaling_factor must be a finite number other than 0, got {scaling_factor}"
-        )
+    factors = latent_factors(scaling_factor)  # 422 for a non-finite, zero or subnormal scale, before any work
     wanted = negotiate(
         request, ["image/png", "image/jpeg", "image/webp", "application/json", *TENSOR_TYPES], override=None
     )
@@ -146,16 +160,16 @@ async def decode(
         kind = media_type(request)
         body = await request.body()
         if kind == "application/json":
-            parsed = await services.offload("json_decode", decode_from_json, body, facts)
+            parsed = await services.offload("json_decode", decode_from_json, body, facts, factors)
         elif kind in TENSOR_TYPES:
-            parsed = await services.offload("tensor_decode", decode_from_tensor, body, shape, dtype, facts)
+            parsed = await services.offload("tensor_decode", decode_from_tensor, body, shape, dtype, facts, factors)
         else:
             raise ServiceError(
                 "unsupported_media_type",
                 f"Content-Type {kind or '(none)'!r} is not accepted; send application/json or tensor/binary",
             )
         check_decode_limits(parsed, facts, settings.max_images_per_request, settings.max_pixels)
-        params = LatentDecode(force_not_quantize, scaling_factor) if parsed.op == Op.DECODE_LATENTS else None
+        params = LatentDecode(force_not_quantize) if parsed.op == Op.DECODE_LATENTS else None  # already scaled
         outcome = await tiles.run(ticket, services, facts, parsed.op, parsed.tensors, params)
     return await _image_reply(services, crop_outputs(outcome.values, parsed.crop), format, wanted)
 
@@ -207,5 +221,15 @@ async def reconstruct(
     return Response(content, media_type=FORMAT_TYPES[fmt], headers={"x-psnr": f"{quality:.4f}"})
 
 
-# schemas referenced from openapi_extra must be registered with the app's components
-OPENAPI_MODELS = (EncodeJSONRequest, EncodeResponse, EncodeBatchResponse, DecodeJSONRequest, DecodeJSONResponse)
+# schemas referenced from openapi_extra must be registered with the app's components (`app.py` registers this
+# tuple): the REST bodies, and the Open Inference Protocol's request and error shapes (`routes/oip.py`)
+OPENAPI_MODELS = (
+    EncodeJSONRequest,
+    EncodeResponse,
+    EncodeBatchResponse,
+    DecodeJSONRequest,
+    DecodeJSONResponse,
+    ErrorResponse,
+    InferenceRequest,
+    OIPErrorResponse,
+)

@@ -25,7 +25,7 @@ from .. import codecs, tiles
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
 from ..facts import ModelFacts
-from ..inputs import check_count, check_decode_limits
+from ..inputs import check_count, check_decode_limits, latent_factors
 from ..ops import FloatDecode, LatentDecode, Op
 from ..protocols.remote import float_images_binary, images_from_body, latents_binary, remote_latents
 from ..protocols.rest import images_binary
@@ -91,10 +91,9 @@ async def remote_decode(
             "unsupported_media_type",
             "send the latents as raw bytes (Content-Type tensor/binary)",
         )
-    if scaling_factor == 0:
-        raise ServiceError("invalid_input", "scaling_factor must not be 0")
     if scaling_factor is None and do_scaling:
         scaling_factor = facts.config.scaling_factor
+    factors = latent_factors(scaling_factor, shift_factor)  # 422 for non-finite, zero or subnormal factors
     skip_quantize = force_not_quantize
     if skip_quantize is None:
         skip_quantize = force_not_quantize_default(services, facts)
@@ -102,9 +101,7 @@ async def remote_decode(
     settings = services.settings
     async with admit(request, services, facts) as ticket:
         body = await request.body()
-        latents = await services.offload(
-            "tensor_decode", remote_latents, body, shape, dtype, facts, scaling_factor, shift_factor
-        )
+        latents = await services.offload("tensor_decode", remote_latents, body, shape, dtype, facts, factors)
         check_decode_limits(latents, facts, settings.max_images_per_request, settings.max_pixels)
         if floats:  # raw decoder output (pt), or in [0, 1] for a client-side processor (pil)
             params: FloatDecode | LatentDecode = FloatDecode(skip_quantize, unit_range=output_type == "pil")
@@ -150,6 +147,7 @@ async def remote_encode(
 ) -> Response:
     """diffusers' `remote_encode`: an image (file or tensor) -> latents before quantization, scaled."""
     facts = services.model(model)
+    factors = latent_factors(scaling_factor, shift_factor)  # 422 for non-finite, zero or subnormal factors
     settings = services.settings
     async with admit(request, services, facts) as ticket:
         body = await request.body()
@@ -160,5 +158,5 @@ async def remote_encode(
         )
         check_count(len(inputs), settings.max_images_per_request)
         results = (await tiles.run(ticket, services, facts, Op.ENCODE, inputs)).values
-    content, out_shape = await services.offload("tensor_encode", latents_binary, results, shift_factor, scaling_factor)
+    content, out_shape = await services.offload("tensor_encode", latents_binary, results, factors)
     return tensor_response(content, out_shape, "float32")

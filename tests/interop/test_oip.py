@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -155,6 +156,10 @@ def test_api_key_guards_inference_not_health(guarded_server: Server) -> None:
         with pytest.raises(InferenceServerException) as excinfo:
             anonymous.infer("default", [codes])
         assert excinfo.value.status() == "401"
+        refused = httpx.post(f"{guarded_server.url}/v2/models/default/infer", json={"inputs": []})
+        assert refused.status_code == 401
+        assert isinstance(refused.json()["error"], str)  # the protocol's shape, not the REST one
+        assert refused.headers["www-authenticate"] == "Bearer"
         result = keyed.infer("default", [codes], headers={"Authorization": "Bearer k-test"})
         assert result.as_numpy("IMAGE").shape == (1, 4, 4, 3)
     finally:
@@ -174,3 +179,82 @@ def test_a_full_queue_answers_429_in_the_protocols_shape_and_is_counted(guarded_
     assert isinstance(reply.json()["error"], str)
     assert int(reply.headers["retry-after"]) >= 1
     assert guarded_server.metric("vqserve_request_failures_total", reason="overloaded") == overloaded + 1
+
+
+def _post(server: Server, body: Any, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}/v2/models/default/infer", content=content, headers=headers, timeout=30)
+
+
+CODES = {"name": "INDICES", "datatype": "INT32", "shape": [1, 2, 2], "data": [0, 1, 2, 3]}
+# requests the protocol does not allow, each of which answered 500 internal_error (and logged a traceback)
+# before the request was validated whole against the protocol's models
+MALFORMED_500_BEFORE: list[tuple[str, Any]] = [
+    ("input-name-object", {"inputs": [{**CODES, "name": {"a": 1}}]}),
+    ("input-name-list", {"inputs": [{**CODES, "name": ["INDICES"]}]}),
+    ("shape-wraps-to-0-in-int64", {"inputs": [{**CODES, "shape": [4294967296, 4294967296, 1], "data": []}]}),
+    ("shape-wraps-to-2-in-int64", {"inputs": [{**CODES, "shape": [3, 6148914691236517206, 1], "data": [0, 1]}]}),
+    ("outputs-number", {"inputs": [CODES], "outputs": 5}),
+    ("input-parameters-list", {"inputs": [{**CODES, "parameters": [1]}]}),
+    ("output-parameters-list", {"inputs": [CODES], "outputs": [{"name": "IMAGE", "parameters": [1]}]}),
+    ("output-parameters-string", {"inputs": [CODES], "outputs": [{"name": "IMAGE", "parameters": "binary"}]}),
+]
+
+
+@pytest.mark.parametrize(("name", "body"), MALFORMED_500_BEFORE, ids=[m[0] for m in MALFORMED_500_BEFORE])
+def test_malformed_requests_answer_400_in_the_protocols_shape(server: Server, name: str, body: Any) -> None:
+    logged = len(server.log_text())
+    reply = _post(server, body)
+    assert reply.status_code == 400, reply.text
+    assert isinstance(reply.json()["error"], str)
+    assert "Traceback" not in server.log_text()[logged:]
+
+
+def test_float_binary_data_size_and_odd_headers_answer_400(server: Server) -> None:
+    spec = {"name": "INDICES", "shape": [1, 2, 2], "datatype": "INT32", "parameters": {"binary_data_size": 16.0}}
+    head = json.dumps({"inputs": [spec]}).encode()
+    reply = _post(server, head + b"\x00" * 16, **{"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 400, reply.text  # 500 (a float slice index) before
+    assert "binary_data_size" in reply.json()["error"]
+    for length in ("abc", "-5", "1.5", ""):
+        odd = _post(server, {"inputs": [CODES]}, **{"Inference-Header-Content-Length": length})
+        assert odd.status_code == 400, (length, odd.text)  # 422 in the REST shape before
+        assert isinstance(odd.json()["error"], str)
+
+
+def test_tritonclient_requests_still_validate(client: triton.InferenceServerClient) -> None:
+    """What tritonclient sends beside the tensors (sequence, priority and timeout parameters, a request id,
+    per-output binary flags) fits the protocol's models."""
+    codes = triton.InferInput("INDICES", [1, 2, 2], "INT32")
+    codes.set_data_from_numpy(np.zeros((1, 2, 2), dtype=np.int32), binary_data=True)
+    result = client.infer(
+        "default",
+        [codes],
+        outputs=[triton.InferRequestedOutput("IMAGE", binary_data=False)],
+        request_id="r-2",
+        priority=1,
+        timeout=1000,
+        parameters={"force_not_quantize": False, "note": "x"},
+    )
+    assert result.as_numpy("IMAGE").shape == (1, 4, 4, 3)
+
+
+@pytest.mark.parametrize("scale", [1e-320, 5e-324, 1e-39, -1e-40, 1e39, 0])
+def test_scaling_factors_that_overflow_the_latents_answer_400(
+    client: triton.InferenceServerClient, scale: float
+) -> None:
+    """A zero, subnormal or out-of-float32 scale sends every latent to inf (1e-320 answered 200 with a garbage
+    image before): the shared factor check refuses it, in the protocol's 400."""
+    tensor = triton.InferInput("LATENTS", [1, 4, 2, 2], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 4, 2, 2), 0.5, dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="scaling_factor") as excinfo:
+        client.infer("default", [tensor], parameters={"scaling_factor": scale})
+    assert excinfo.value.status() == "400"
+
+
+def test_a_scale_that_overflows_these_latents_answers_400(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("LATENTS", [1, 4, 2, 2], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 4, 2, 2), 1e30, dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="finite range") as excinfo:
+        client.infer("default", [tensor], parameters={"scaling_factor": 1e-10})  # 1e40: inf in float32
+    assert excinfo.value.status() == "400"

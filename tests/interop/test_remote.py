@@ -280,3 +280,68 @@ def test_sdnext_request_format(server: Server, dvae: diffusers.VQModel, latents:
         )
         <= 1
     )
+
+
+NON_FINITE = ["nan", "inf", "-inf"]
+BAD_SCALES = [*NON_FINITE, "0", "1e-320", "5e-324", "1e-39", "1e39"]
+
+
+@pytest.mark.parametrize("value", BAD_SCALES)
+@pytest.mark.parametrize("path", ["/remote/decode", "/remote/encode"])
+def test_scales_that_are_not_finite_or_not_normal_are_422(
+    server: Server, latents: torch.Tensor, path: str, value: str
+) -> None:
+    """nan/inf answered 200 (decode: an image; encode: all-NaN or all-inf latents) before, 1e-320 too: the one
+    factor check of the shared input path refuses them."""
+    reply = _remote(server, path, latents, {"scaling_factor": value})
+    assert reply.status_code == 422, reply.text[:300]
+    assert reply.json()["error"]["code"] == "invalid_input"
+    assert "scaling_factor" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("value", [*NON_FINITE, "1e39"])
+@pytest.mark.parametrize("path", ["/remote/decode", "/remote/encode"])
+def test_shifts_that_are_not_finite_are_422(server: Server, latents: torch.Tensor, path: str, value: str) -> None:
+    reply = _remote(server, path, latents, {"shift_factor": value, "scaling_factor": SCALE})
+    assert reply.status_code == 422, reply.text[:300]
+    assert "shift_factor" in reply.json()["error"]["message"]
+
+
+def test_factors_that_overflow_the_latents_are_422(server: Server, latents: torch.Tensor) -> None:
+    """Each factor finite and normal, but the latents they give are not: refused once the latents are known."""
+    big = torch.full_like(latents, 3e38)
+    decoded = _remote(server, "/remote/decode", big, {"shift_factor": "3e38"})  # 6e38: inf in float32
+    assert decoded.status_code == 422, decoded.text[:300]
+    tiny_scale = _remote(server, "/remote/decode", latents * 1e30, {"scaling_factor": "1e-10"})
+    assert tiny_scale.status_code == 422, tiny_scale.text[:300]
+    encoded = _remote(server, "/remote/encode", latents, {"shift_factor": "3e38", "scaling_factor": "10"})
+    assert encoded.status_code == 422, encoded.text[:300]
+    assert "overflows float32" in encoded.json()["error"]["message"]
+
+
+def test_diffusers_clients_see_the_refusal(server: Server, latents: torch.Tensor) -> None:
+    with pytest.raises(RuntimeError, match="invalid_input"):
+        remote_decode(
+            server.url + "/remote/decode", latents, scaling_factor=float("nan"), output_type="pt", return_type="pt"
+        )
+    x = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="invalid_input"):
+        remote_encode(server.url + "/remote/encode", x, scaling_factor=SCALE, shift_factor=float("inf"))
+    fine = remote_encode(server.url + "/remote/encode", x, scaling_factor=SCALE, shift_factor=1e-320)
+    assert bool(torch.isfinite(fine).all())  # a subnormal shift is harmless: nothing is divided by it
+
+
+def _remote(server: Server, path: str, latents: torch.Tensor, params: dict[str, str | float]) -> httpx.Response:
+    """Latents to /remote/decode, or a black 16x16 uint8 image tensor to /remote/encode, as raw bytes."""
+    if path == "/remote/decode":
+        body, query = latents.contiguous().numpy().tobytes(), {"shape": list(latents.shape), "dtype": "float32"}
+        accept = "tensor/binary"
+    else:
+        body, query, accept = bytes(3 * 16 * 16), {"shape": [1, 3, 16, 16], "dtype": "uint8"}, "tensor/binary"
+    return httpx.post(
+        server.url + path,
+        params={**query, "output_type": "pt", **params},
+        content=body,
+        headers={"Content-Type": "tensor/binary", "Accept": accept},
+        timeout=30,
+    )

@@ -549,3 +549,279 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tiny_check
             assert "latent cells" in str(reply.json()["error"])
         wide = client.post("/encode", content=png(1, 3), headers={"content-type": "image/png"})
         assert wide.status_code == 200
+
+
+# /v2 requests that do not fit the protocol (they answered 500 internal_error before the whole request was
+# validated against pydantic models of the v2 InferenceRequest): each is the protocol's 400, `{"error": str}`
+CODES = _oip_tensor("INDICES", "INT32", [1, 2, 2], [0, 1, 2, 3])
+
+
+def _oip_binary(spec: dict[str, Any], blob: bytes, **extra: Any) -> tuple[bytes, dict[str, str]]:
+    head = _json({"inputs": [spec], **extra})
+    return head + blob, {"inference-header-content-length": str(len(head))}
+
+
+def _codes(**overrides: Any) -> bytes:
+    return _oip([{**CODES, **overrides}])
+
+
+def _shape_over_body(shape: list[int], data: list[Any]) -> bytes:
+    return _oip([{**CODES, "shape": shape, "data": data}])
+
+
+BLOB = np.arange(4, dtype="<i4").tobytes()
+BINARY_CODES = {"name": "INDICES", "datatype": "INT32", "shape": [1, 2, 2]}
+OIP_MALFORMED: list[tuple[str, bytes, dict[str, str]]] = [
+    ("top-level-list", _json([CODES]), {}),
+    ("top-level-string", _json("infer"), {}),
+    ("top-level-null", b"null", {}),
+    ("inputs-object", _json({"inputs": CODES}), {}),
+    ("inputs-string", _json({"inputs": "INDICES"}), {}),
+    ("input-not-object", _oip([1]), {}),
+    ("input-name-object", _codes(name={"a": 1}), {}),
+    ("input-name-number", _codes(name=7), {}),
+    ("input-name-null", _codes(name=None), {}),
+    ("input-datatype-list", _codes(datatype=["INT32"]), {}),
+    ("input-shape-string", _codes(shape="1,2,2"), {}),
+    ("input-shape-floats", _codes(shape=[1.0, 2.0, 2.0]), {}),
+    ("input-shape-bools", _codes(shape=[True, 2, 2]), {}),
+    ("input-shape-nested", _codes(shape=[[1], 2, 2]), {}),
+    ("input-shape-zero", _codes(shape=[0, 2, 2], data=[]), {}),
+    ("input-shape-negative", _codes(shape=[-1, 2, 2]), {}),
+    ("input-shape-empty", _codes(shape=[], data=[]), {}),
+    ("shape-wraps-to-0-in-int64", _shape_over_body([4294967296, 4294967296, 1], []), {}),
+    ("shape-wraps-to-2-in-int64", _shape_over_body([3, 6148914691236517206, 1], [0, 1]), {}),
+    ("shape-2**63", _shape_over_body([2**62, 2, 1], []), {}),
+    ("shape-latents-over-body", _oip([_oip_tensor("LATENTS", "FP32", [1, D, 2**31, 2**33], [])]), {}),
+    ("shape-image-over-body", _oip([_oip_tensor("IMAGE", "UINT8", [1, 100_000, 100_000, 3], [0])]), {}),
+    ("input-parameters-list", _codes(parameters=[1]), {}),
+    ("input-parameters-string", _codes(parameters="binary"), {}),
+    ("input-parameter-object", _codes(parameters={"x": {"y": 1}}), {}),
+    ("data-string", _codes(data="0123"), {}),
+    ("data-object", _codes(data={"0": 0}), {}),
+    ("data-strings", _codes(data=["0", "1", "2", "3"]), {}),
+    ("data-bools", _codes(data=[True, False, True, False]), {}),
+    ("data-objects", _codes(data=[{}, {}, {}, {}]), {}),
+    ("data-nulls", _codes(data=[None, 1, 2, 3]), {}),
+    ("data-floats-for-int32", _codes(data=[0.5, 1, 2, 3]), {}),
+    ("data-over-int32", _codes(data=[2**40, 1, 2, 3]), {}),
+    ("data-over-uint8", _oip([_oip_tensor("IMAGE", "UINT8", [1, 2, 2, 3], [256] * 12)]), {}),
+    ("data-ragged", _codes(data=[[0, 1], [2]]), {}),
+    ("id-number", _oip([CODES], id=5), {}),
+    ("id-object", _oip([CODES], id={"a": 1}), {}),
+    ("parameters-list", _oip([CODES], parameters=[1]), {}),
+    ("parameters-string", _oip([CODES], parameters="x"), {}),
+    ("parameters-value-list", _oip([CODES], parameters={"x": [1]}), {}),
+    ("parameters-value-null", _oip([CODES], parameters={"x": None}), {}),
+    ("binary-data-output-string", _oip([CODES], parameters={"binary_data_output": "yes"}), {}),
+    ("force-not-quantize-number", _oip([CODES], parameters={"force_not_quantize": 1}), {}),
+    ("scaling-factor-string", _oip([CODES], parameters={"scaling_factor": "2"}), {}),
+    ("scaling-factor-bool", _oip([CODES], parameters={"scaling_factor": True}), {}),
+    ("outputs-number", _oip([CODES], outputs=5), {}),
+    ("outputs-object", _oip([CODES], outputs={"name": "IMAGE"}), {}),
+    ("outputs-string", _oip([CODES], outputs="IMAGE"), {}),
+    ("output-not-object", _oip([CODES], outputs=[1]), {}),
+    ("output-name-object", _oip([CODES], outputs=[{"name": {"a": 1}}]), {}),
+    ("output-parameters-list", _oip([CODES], outputs=[{"name": "IMAGE", "parameters": [1]}]), {}),
+    ("output-binary-data-string", _oip([CODES], outputs=[{"name": "IMAGE", "parameters": {"binary_data": "1"}}]), {}),
+    ("binary-size-float", *_oip_binary({**BINARY_CODES, "parameters": {"binary_data_size": 16.0}}, BLOB)),
+    ("binary-size-string", *_oip_binary({**BINARY_CODES, "parameters": {"binary_data_size": "16"}}, BLOB)),
+    ("binary-size-bool", *_oip_binary({**BINARY_CODES, "parameters": {"binary_data_size": True}}, BLOB)),
+    ("binary-size-negative", *_oip_binary({**BINARY_CODES, "parameters": {"binary_data_size": -16}}, BLOB)),
+    ("binary-size-and-data", *_oip_binary({**CODES, "parameters": {"binary_data_size": 16}}, BLOB)),
+    ("binary-size-short", *_oip_binary({**BINARY_CODES, "parameters": {"binary_data_size": 8}}, BLOB)),
+    ("header-length-text", _oip([CODES]), {"inference-header-content-length": "abc"}),
+    ("header-length-negative", _oip([CODES]), {"inference-header-content-length": "-5"}),
+    ("header-length-float", _oip([CODES]), {"inference-header-content-length": "1.5"}),
+    ("header-length-zero", _oip([CODES]), {"inference-header-content-length": "0"}),
+]
+
+
+@pytest.mark.parametrize("case", OIP_MALFORMED, ids=[c[0] for c in OIP_MALFORMED])
+def test_malformed_v2_requests_get_the_protocols_400(
+    client: TestClient, case: tuple[str, bytes, dict[str, str]]
+) -> None:
+    _, body, headers = case
+    reply = client.post(
+        "/v2/models/default/infer", content=body, headers={"content-type": "application/json", **headers}
+    )
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/json")
+    error = reply.json()["error"]
+    assert isinstance(error, str)  # the protocol's shape, not the REST one
+    assert len(error) > 10
+
+
+# float parameters of the latents (scaling_factor, shift_factor) that send them to NaN or inf: non-finite, zero
+# or subnormal scales, and finite factors whose result overflows. Before one check in the shared input path,
+# /remote/* answered 200 (an image, or all-NaN / all-inf latents) and /decode and /v2 took 1e-320.
+LATENTS = _f32(np.full((1, D, 2, 2), 0.5))
+HUGE_LATENTS = _f32(np.full((1, D, 2, 2), 1e30))
+IMAGE_TENSOR = {"shape": [1, 3, 16, 16], "dtype": "uint8"}
+BAD_SCALES = ["nan", "inf", "-inf", "0", "1e-320", "5e-324", "1e-39", "3.5e38"]
+BAD_SHIFTS = ["nan", "inf", "-inf", "1e39"]
+
+
+def _latents_json(data: bytes) -> bytes:
+    return _json({"latents": _b64(data), "shape": [1, D, 2, 2]})
+
+
+def _v2_latents(value: float, **parameters: Any) -> bytes:
+    latents = _oip_tensor("LATENTS", "FP32", [1, D, 2, 2], [value] * (4 * D))
+    return _oip([latents], parameters=parameters)
+
+
+FACTOR_CASES: list[tuple[str, str, bytes, str, dict[str, Any], int]] = [
+    *[
+        (f"decode/json/scale-{v}", "/decode", _latents_json(LATENTS), "application/json", {"scaling_factor": v}, 422)
+        for v in ("1e-320", "5e-324", "1e-39", "-1e-40", "3.5e38", "1e39")
+    ],
+    *[
+        (f"decode/binary/scale-{v}", "/decode", LATENTS, "tensor/binary", {**LATENT_QUERY, "scaling_factor": v}, 422)
+        for v in ("1e-320", "1e-45")
+    ],
+    (
+        "decode/binary/overflow",
+        "/decode",
+        HUGE_LATENTS,
+        "tensor/binary",
+        {**LATENT_QUERY, "scaling_factor": 1e-10},
+        422,
+    ),
+    *[
+        (
+            f"remote-decode/scale-{v}",
+            "/remote/decode",
+            LATENTS,
+            "tensor/binary",
+            {**LATENT_QUERY, "scaling_factor": v},
+            422,
+        )
+        for v in BAD_SCALES
+    ],
+    *[
+        (
+            f"remote-decode/shift-{v}",
+            "/remote/decode",
+            LATENTS,
+            "tensor/binary",
+            {**LATENT_QUERY, "shift_factor": v},
+            422,
+        )
+        for v in BAD_SHIFTS
+    ],
+    (
+        "remote-decode/overflow-shift",
+        "/remote/decode",
+        _f32(np.full((1, D, 2, 2), 3e38)),
+        "tensor/binary",
+        {**LATENT_QUERY, "shift_factor": 3e38},
+        422,
+    ),
+    (
+        "remote-decode/overflow-scale",
+        "/remote/decode",
+        HUGE_LATENTS,
+        "tensor/binary",
+        {**LATENT_QUERY, "scaling_factor": 1e-10},
+        422,
+    ),
+    *[
+        (f"remote-encode/scale-{v}", "/remote/encode", png(16, 16), "image/png", {"scaling_factor": v}, 422)
+        for v in BAD_SCALES
+    ],
+    *[
+        (
+            f"remote-encode/shift-{v}",
+            "/remote/encode",
+            bytes(768),
+            "tensor/binary",
+            {**IMAGE_TENSOR, "shift_factor": v},
+            422,
+        )
+        for v in BAD_SHIFTS
+    ],
+    (
+        "remote-encode/overflow",
+        "/remote/encode",
+        png(16, 16),
+        "image/png",
+        {"shift_factor": 3e38, "scaling_factor": 10},
+        422,
+    ),
+    *[
+        (
+            f"oip/scale-{v!r}",
+            "/v2/models/default/infer",
+            _v2_latents(0.5, scaling_factor=v),
+            "application/json",
+            {},
+            400,
+        )
+        for v in (1e-320, 5e-324, 1e-39, -1e-40, 0, 1e39, 1e308)
+    ],
+    ("oip/overflow", "/v2/models/default/infer", _v2_latents(1e30, scaling_factor=1e-10), "application/json", {}, 400),
+    (
+        "oip/fp16-overflow",
+        "/v2/models/default/infer",
+        _oip([_oip_tensor("LATENTS", "FP16", [1, D, 1, 2], [1e5] * 8)]),
+        "application/json",
+        {},
+        400,
+    ),
+    (
+        "oip/scale-on-indices",
+        "/v2/models/default/infer",
+        _oip([CODES], parameters={"scaling_factor": 1e-320}),
+        "application/json",
+        {},
+        400,
+    ),
+    # the controls: fine factors, and a subnormal shift (nothing is divided by it) are served
+    ("decode/scale-ok", "/decode", _latents_json(LATENTS), "application/json", {"scaling_factor": "1e-3"}, 200),
+    (
+        "remote-decode/shift-subnormal",
+        "/remote/decode",
+        LATENTS,
+        "tensor/binary",
+        {**LATENT_QUERY, "shift_factor": 1e-320},
+        200,
+    ),
+    ("remote-encode/ok", "/remote/encode", png(16, 16), "image/png", {"scaling_factor": 0.5, "shift_factor": 0.1}, 200),
+    ("oip/scale-ok", "/v2/models/default/infer", _v2_latents(0.5, scaling_factor=0.25), "application/json", {}, 200),
+]
+
+
+@pytest.mark.parametrize("case", FACTOR_CASES, ids=[c[0] for c in FACTOR_CASES])
+def test_latent_factors_that_break_the_latents_are_refused(
+    client: TestClient, case: tuple[str, str, bytes, str, dict[str, Any], int]
+) -> None:
+    name, path, body, ctype, params, status = case
+    accept = "tensor/binary" if path.startswith("/remote/") else "*/*"
+    reply = client.post(path, content=body, headers={"content-type": ctype, "accept": accept}, params=params)
+    assert reply.status_code == status, reply.text[:300]
+    if status == 200:
+        if reply.headers.get("dtype", "").startswith("float"):  # latents or decoder floats: all finite
+            floats = np.frombuffer(reply.content, dtype=np.float32 if reply.headers["dtype"] == "float32" else "<f2")
+            assert np.isfinite(floats).all()
+        return
+    error = reply.json()["error"]
+    message = error if path.startswith("/v2/") else error["message"]
+    if not path.startswith("/v2/"):
+        assert error["code"] == "invalid_input"
+    assert isinstance(message, str)
+    assert "factor" in message or "finite" in message or "NaN" in message, message
+
+
+def test_catalogues_of_the_protocol_classes() -> None:
+    """The figures RELIABILITY.md quotes for the two classes added with the v2 validation and the factor check."""
+    assert len(OIP_MALFORMED) >= 60
+    assert len(FACTOR_CASES) >= 50
+    assert len({c[0] for c in OIP_MALFORMED}) == len(OIP_MALFORMED)
+    assert len({c[0] for c in FACTOR_CASES}) == len(FACTOR_CASES)
+
+
+def test_server_healthy_after_the_protocol_classes(client: TestClient) -> None:
+    """Runs after the two tables above (file order): still no 5xx since the catalogue began, still serving."""
+    assert _five_xx(client) == BASELINE["5xx"]
+    assert client.get("/readyz").status_code == 200

@@ -346,3 +346,56 @@ def test_cors_origins(make_client: Any) -> None:
         "/encode", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
     )
     assert reply.headers["access-control-allow-origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize("scale", ["1e-320", "5e-324", "1e-39", "-1e-40", "0", "3.5e38", "1e39", "nan", "-inf"])
+@pytest.mark.parametrize("form", ["json", "binary"])
+def test_decode_scaling_factor_must_keep_the_latents_finite(client: TestClient, form: str, scale: str) -> None:
+    """A zero, subnormal or out-of-float32 scale divides every latent into inf (1e-320 answered 200 with a
+    garbage image before): 422 from the shared factor check, for either body form."""
+    latents = np.full((1, 4, 2, 2), 0.5, "<f4")
+    reply = _decode_latents(client, form, latents, scale)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["code"] == "invalid_input"
+    assert "scaling_factor" in reply.json()["error"]["message"]
+
+
+def test_decode_refuses_a_scale_that_overflows_these_latents(client: TestClient) -> None:
+    """Both numbers are fine alone; 1e30 / 1e-10 = 1e40 is inf in float32: refused once the latents are known."""
+    reply = _decode_latents(client, "binary", np.full((1, 4, 2, 2), 1e30, "<f4"), "1e-10")
+    assert reply.status_code == 422, reply.text
+    assert "finite range" in reply.json()["error"]["message"]
+    fine = _decode_latents(client, "json", np.full((1, 4, 2, 2), 0.5, "<f4"), "1e-3")
+    assert fine.status_code == 200, fine.text
+
+
+def _decode_latents(client: TestClient, form: str, latents: np.ndarray, scale: str) -> Any:
+    shape = list(latents.shape)
+    if form == "json":
+        body = {"latents": base64.b64encode(latents.tobytes()).decode(), "shape": shape}
+        return client.post("/decode", json=body, params={"scaling_factor": scale})
+    return client.post(
+        "/decode",
+        content=latents.tobytes(),
+        params={"scaling_factor": scale, "shape": shape, "dtype": "float32"},
+        headers={"content-type": "tensor/binary"},
+    )
+
+
+def test_openapi_documents_the_open_inference_protocol(client: TestClient) -> None:
+    """/v2 infer documents its request (the protocol's models, so the fuzz suite generates v2 requests) and
+    every error in the protocol's shape; the metadata routes document their 404."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for name in ("InferenceRequest", "InferInputTensor", "InferRequestedOutput", "OIPErrorResponse"):
+        assert name in schemas, name
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    body = infer["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/InferenceRequest"}
+    assert "application/octet-stream" in body
+    for status in ("400", "401", "404", "429", "503", "504"):
+        error = infer["responses"][status]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/OIPErrorResponse"}, status
+    assert "InferenceResponse" in str(infer["responses"]["200"])
+    for path in ("/v2/models/{name}", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}"):
+        assert "404" in spec["paths"][path]["get"]["responses"], path
