@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service import codecs
 from service.errors import ServiceError
-from tests.support.images import image_bytes, random_image
+from tests.reliability.inputs import interlaced_png
+from tests.support.images import image_bytes, random_image, random_rgb
 from tests.support.reference import normalise
 
 BIG = 1 << 30
@@ -162,3 +165,101 @@ def test_base64() -> None:
     with pytest.raises(ServiceError) as info:
         codecs.b64decode("***", "image 0")
     assert info.value.code == "invalid_base64"
+
+
+# valid files of every kind decode to exactly what Pillow reads (the strict decode paths refuse none of them)
+def _pillow(data: bytes) -> np.ndarray:
+    """What Pillow's own decoders read, through the service's orientation and mode conversion."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(codecs._to_mode(ImageOps.exif_transpose(im), "RGB"))
+
+
+def _photo(height: int = 120, width: int = 96) -> Image.Image:
+    return Image.fromarray(random_rgb(height, width, seed=4))
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def _tiled_tiff(arr: np.ndarray, **options: object) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, arr, photometric="rgb", **options)
+    return out.getvalue()
+
+
+VALID_FILES = {
+    "jpeg-420": image_bytes(_photo(), "JPEG", subsampling=2),
+    "jpeg-422": image_bytes(_photo(), "JPEG", subsampling=1),
+    "jpeg-444": image_bytes(_photo(), "JPEG", subsampling=0),
+    "jpeg-odd-size": image_bytes(_photo(37, 53), "JPEG"),
+    "jpeg-progressive": image_bytes(_photo(), "JPEG", progressive=True),
+    "jpeg-progressive-444": image_bytes(_photo(), "JPEG", progressive=True, subsampling=0),
+    "jpeg-optimized": image_bytes(_photo(), "JPEG", optimize=True),
+    "jpeg-restart-markers": image_bytes(_photo(), "JPEG", restart_marker_blocks=1),
+    "jpeg-restart-rows": image_bytes(_photo(), "JPEG", restart_marker_rows=1, progressive=True),
+    "jpeg-grayscale": image_bytes(_photo().convert("L"), "JPEG"),
+    "jpeg-grayscale-progressive": image_bytes(_photo().convert("L"), "JPEG", progressive=True),
+    "jpeg-cmyk": image_bytes(_photo().convert("CMYK"), "JPEG"),
+    "jpeg-cmyk-progressive": image_bytes(_photo().convert("CMYK"), "JPEG", progressive=True),
+    "jpeg-quality-100": image_bytes(_photo(), "JPEG", quality=100),
+    "jpeg-quality-5": image_bytes(_photo(), "JPEG", quality=5),
+    "jpeg-exif-rotated": image_bytes(_photo(), "JPEG", exif=_orientation(8)),
+    "jpeg-icc-comment": image_bytes(_photo(), "JPEG", icc_profile=b"\0" * 600, comment=b"hello"),
+    "jpeg-flat-1024": image_bytes(Image.new("RGB", (1024, 1024), (40, 90, 200)), "JPEG"),
+    "jpeg-trailing-bytes": image_bytes(_photo(), "JPEG") + b"\0" * 100,
+    "mpo": image_bytes(_photo(), "MPO", save_all=True, append_images=[_photo().rotate(90)]),
+    "png-interlaced": interlaced_png(np.asarray(_photo())),
+    "png-interlaced-grey-odd": interlaced_png(np.asarray(_photo(5, 3).convert("L"))),
+    "png-multi-idat": image_bytes(_photo(400, 300), "PNG", compress_level=0),
+    "png-16-bit": image_bytes(Image.fromarray(np.asarray(_photo().convert("L")).astype(np.uint16) * 257)),
+    "png-1-bit": image_bytes(_photo().convert("1")),
+    "png-palette-4-bit": image_bytes(_photo().convert("P", colors=16), bits=4),
+    "png-grey-alpha": image_bytes(_photo().convert("LA")),
+    "png-rgba": image_bytes(_photo().convert("RGBA")),
+    "apng": image_bytes(_photo(), "PNG", save_all=True, append_images=[_photo().rotate(90)]),
+    "tiff-strips": image_bytes(_photo(400, 300), "TIFF"),
+    "tiff-deflate": image_bytes(_photo(400, 300), "TIFF", compression="tiff_adobe_deflate"),
+    "tiff-packbits": image_bytes(_photo(), "TIFF", compression="packbits"),
+    "tiff-tiled": _tiled_tiff(np.asarray(_photo(100, 90)), tile=(32, 48)),
+    "tiff-tiled-deflate": _tiled_tiff(np.asarray(_photo(100, 90)), tile=(32, 32), compression="zlib"),
+    "tiff-rows-per-strip-1": _tiled_tiff(np.asarray(_photo(20, 30)), rowsperstrip=1),
+}
+
+
+@pytest.mark.parametrize("name", list(VALID_FILES))
+def test_valid_files_decode_to_what_pillow_reads(name: str) -> None:
+    data = VALID_FILES[name]
+    assert np.array_equal(read(data), _pillow(data)), name
+
+
+def test_jpeg_pixels_match_pillow_on_a_real_photo() -> None:
+    """The sample photos of the web page, as JPEG at several settings: byte-identical to Pillow's decode."""
+    samples = Path(codecs.__file__).parent / "static" / "samples"
+    for path in sorted(samples.glob("*.png"))[:3]:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        for args in ({}, {"progressive": True}, {"subsampling": 0, "quality": 97}):
+            data = image_bytes(rgb, "JPEG", **args)
+            assert np.array_equal(read(data), _pillow(data)), (path.name, args)
+
+
+def test_a_highly_compressed_valid_png_decodes_while_its_rows_are_counted() -> None:
+    """36 MB of rows from 35 KB of zlib: the row count streams through (1 MiB at a time) and the file decodes."""
+    data = image_bytes(Image.new("L", (6000, 6000), 7))
+    assert len(data) < 100_000
+    arr = read(data, channels=1)
+    assert arr.shape == (6000, 6000, 1)
+    assert int(arr.max()) == 7
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
+    data = image_bytes(random_image(16, 16), "JPEG", progressive=True)
+    sos = data.index(b"\xff\xda")
+    header_end = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    scan = data[sos:header_end]
+    with pytest.raises(ServiceError, match="more than 1000 scans") as info:
+        read(data[:sos] + scan * 1001 + data[sos:])
+    assert info.value.status == 400
