@@ -26,9 +26,9 @@ from service.app import create_app
 from service.errors import ServiceError
 from service.settings import Settings
 from tests.support.images import image_bytes, png, random_rgb
+from tests.support.servers import serving_checkpoint
 
 from . import inputs
-from .conftest import serve_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -248,7 +248,7 @@ def test_the_issue_jpeg_is_refused_by_a_real_server_in_bounded_time_and_memory(
     2 s, and the server's peak memory does not move by more than a small fraction of the frame."""
     body = inputs.jpeg_claiming(4096, 4096)
     assert len(body) == 631
-    with serve_process(tiny_checkpoint, tmp_path) as server:
+    with serving_checkpoint(tiny_checkpoint, tmp_path) as server:
         assert server.process is not None
         warm = httpx.post(f"{server.url}/encode", content=png(16, 16), headers={"content-type": "image/png"})
         assert warm.status_code == 200
