@@ -19,21 +19,12 @@ from model.tiling import (
     spans,
     tile_grid,
 )
-
-CONFIG = {
-    "block_out_channels": (32, 32),
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "num_vq_embeddings": 64,
-    "norm_num_groups": 32,
-    "down_block_types": ("DownEncoderBlock2D",) * 2,
-    "up_block_types": ("UpDecoderBlock2D",) * 2,
-}
+from tests.support.checkpoints import TINY_RGB
 
 
 def tiny(**overrides: object) -> VQModel:
     torch.manual_seed(0)
-    return VQModel(**{**CONFIG, **overrides}).eval()
+    return VQModel(**{**TINY_RGB, **overrides}).eval()
 
 
 def smooth_image(side: int, seed: int = 0) -> torch.Tensor:
