@@ -115,9 +115,10 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_64ch_checkpoint: Path, tm
 
 
 def test_second_signal_exits_at_once(tiny_64ch_checkpoint: Path, tmp_path: Path) -> None:
-    flags = ("--graceful-timeout-s", "60", "--shutdown-delay-s", "5")
+    # untiled (--tile-size 0): one 640x640 reconstruct batch, several seconds of compute
+    flags = ("--graceful-timeout-s", "60", "--shutdown-delay-s", "5", "--tile-size", "0")
     with serving_checkpoint(tiny_64ch_checkpoint, tmp_path, *flags) as server, ThreadPoolExecutor(4) as pool:
-        hold_engine(server, pool, side=640)  # several seconds of compute
+        hold_engine(server, pool, side=640)
         for i in range(3):
             pool.submit(
                 httpx.post,

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 SLOW_SIDE = 320  # a reconstruct of this size keeps a tiny test model busy for seconds on one torch thread
+# (`hold_engine` waits for one `reconstruct` batch: a side over VQSERVE_TILE_SIZE would run as tiles instead)
 
 
 def free_port() -> int:
