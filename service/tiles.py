@@ -48,7 +48,12 @@ class _Plan:
         return self.facts.config.downsample_factor
 
     def per_run(self, op: Op, tile_shape: tuple[int, ...]) -> int:
-        """Tiles per run: as many as fit one batch (memory budget and batch size), at least one."""
+        """Tiles per run: as many as fit one batch (memory budget and batch size), at least one; one on a CPU,
+        where a batch of tiles takes as long as the same tiles one by one (the convolutions already run at the
+        CPU's matmul rate), so running them singly costs nothing and lets other requests in after every tile
+        (bench/README.md, "Tiling": a 256² request waited for a whole batch of 4 tiles otherwise)."""
+        if self.facts.device == "cpu":
+            return 1
         policy = self.services.batcher.policy
         cost = self.services.engines[self.facts.name].cost(op, tile_shape)
         return max(1, min(policy.max_batch_size, policy.max_batch_bytes // max(cost.bytes, 1)))
