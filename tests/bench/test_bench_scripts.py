@@ -58,3 +58,28 @@ def test_linear_baseline_brackets_the_rate(tiny_checkpoint: Path) -> None:
     assert 15 < result["pca_kmeans_psnr"] < result["pca_continuous_psnr"] < 99
     assert result["rate"] == "one of 64 codes per 2x2 patch (6 bits)"
     assert 0 < result["network_continuous_psnr"] < 99  # the random tiny network, its quantizer skipped
+
+
+def test_tiling_script_smoke_pass(tiny_checkpoint: Path) -> None:
+    """`python -m bench.tiling --quick`: both parts run end to end on the tiny model (small sizes, tiles of 64)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.tiling", "--checkpoint", str(tiny_checkpoint), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["quick"] is True
+    service = result["service"]
+    assert service["flat_large"]["status"] == 200
+    assert service["flat_large"]["x_tiles"] > 1  # the large input went through tiles
+    assert service["three_medium"]["statuses"] == [200, 200, 200]
+    assert service["decode_grid"]["status"] == 200
+    assert service["decode_grid"]["x_tiles"] > 1
+    assert service["stream"]["statuses"] == [200]
+    assert service["deadline"]["small_status"] == 200
+    assert service["deadline"]["large_status"] in (200, 504)  # a tiny model may beat even a short deadline
+    assert service["flat_large"]["peak_rss_mb"] >= service["rss_warm_mb"] > 0
+    rows = result["quality"]["rows"]
+    assert {r["mode"] for r in rows} == {"untiled", "tiled", "naive"}
+    tiled = [r for r in rows if r["mode"] == "tiled"]
+    assert all(0 < r["psnr"] < 99 and r["vs_untiled"]["seam_max"] >= 0 for r in tiled)
+    assert {g["goal"][:2] for g in result["goals"]} >= {"B1", "B4", "B6", "A "}
