@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -93,3 +97,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM a server's process group, wait up to `timeout_s`, then SIGKILL whatever the group left behind."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from bench.loadgen import stop_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -80,14 +81,7 @@ def server(command: list[str], ready_url: str, env: dict[str, str] | None = None
             raise RuntimeError(f"{ready_url} never became ready")
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind
+        stop_group(proc, timeout_s=30)
         log.close()
 
 

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.loadgen import stop_group  # noqa: E402
 from model import VQModel  # noqa: E402
 from model.pixels import from_uint8, psnr, to_uint8  # noqa: E402
 from model.tiling import Blender, TileConfig, preview_cells, preview_image, tile_grid  # noqa: E402
@@ -381,14 +381,7 @@ def service(checkpoint: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
             log.seek(0)
             raise RuntimeError(f"the server died:\n{log.read().decode()[-3000:]}")
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout_s=60)
         log.close()
 
 
