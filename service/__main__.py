@@ -1,5 +1,9 @@
 """`python -m service`: flags mirroring every VQSERVE_* setting, then one uvicorn process with graceful shutdown.
 
+uvicorn runs `middleware.BoundedHttpToolsProtocol`: open connections, the time and the size of every request's
+line and headers are bounded (VQSERVE_MAX_CONNECTIONS, VQSERVE_HEADER_TIMEOUT_S, VQSERVE_MAX_HEADER_BYTES,
+VQSERVE_MAX_HEADERS) before a request reaches the app.
+
 Flags override environment variables, which override defaults. On SIGTERM/SIGINT readiness turns 503 and new
 inference requests are answered 503 at once; after VQSERVE_SHUTDOWN_DELAY_S the listener closes, admitted
 requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0. A second signal exits at once
@@ -12,6 +16,7 @@ import argparse
 import logging
 import math
 import os
+import resource
 import sys
 import threading
 import types
@@ -29,10 +34,12 @@ from pydantic import ValidationError  # noqa: E402
 from .app import create_app  # noqa: E402
 from .engine import ModelLoadError, check_checkpoint  # noqa: E402
 from .logs import configure_logging  # noqa: E402
+from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
 from .runtime import Services  # noqa: E402
 from .settings import Settings, default_model_path  # noqa: E402
 
 logger = logging.getLogger("vqserve")
+_OWN_FILES = 256  # files the process holds besides client sockets: libraries, the listener, logs, thread pools
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +116,46 @@ class GracefulServer(uvicorn.Server):
             captured.clear()
 
 
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """One uvicorn process serving `app` with the connection bounds of `settings` (see BoundedHttpToolsProtocol)."""
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=BoundedHttpToolsProtocol.with_limits(limits),
+        workers=1,
+        log_config=None,
+        access_log=False,
+        # whole seconds for uvicorn: rounded up, so that 0.5 is a bound too (0 leaves in-flight requests unbounded)
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) or None,
+        lifespan="on",
+    )
+
+
+def fit_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit (up to the hard one) so that `max_connections` sockets fit beside the files
+    the process itself holds; warn when the hard limit is lower (accept would then fail before the bound)."""
+    wanted = max_connections + _OWN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        logger.warning(
+            "open-file limit %d is below VQSERVE_MAX_CONNECTIONS + %d = %d; connections beyond it fail at accept",
+            raised,
+            _OWN_FILES,
+            wanted,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
@@ -122,19 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         except ModelLoadError as exc:
             logger.error("%s", exc)
             return 2
+    fit_open_files(settings.max_connections)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_config=None,
-        access_log=False,
-        # whole seconds for uvicorn: rounded up, so that 0.5 is a bound too (0 leaves in-flight requests unbounded)
-        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) or None,
-        lifespan="on",
-    )
-    server = GracefulServer(config, app.state.services, settings.shutdown_delay_s)
+    server = GracefulServer(uvicorn_config(app, settings), app.state.services, settings.shutdown_delay_s)
     server.run()
     return 0 if server.started else 3
 

@@ -8,8 +8,11 @@ queued within VQSERVE_GRACEFUL_TIMEOUT_S, fail the rest with 503, release the en
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from . import metrics
 from .error_handlers import install_handlers
-from .middleware import BodyGuardMiddleware, RequestContextMiddleware
+from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
 from .routes import health, inference, models, oip, remote, web
 from .routes.openapi import install_schema
 from .runtime import Services
@@ -25,10 +28,45 @@ from .settings import Settings
 
 logger = logging.getLogger("vqserve")
 
+IDLE_BEFORE_TRIM_S = 0.5  # no inference request ended and nothing queued or computing for this long: trim
+
+
+def libc_malloc_trim() -> Callable[[], object] | None:
+    """glibc's `malloc_trim(0)`, or None where the C library has none (musl, macOS)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library the process already runs on
+    if trim is None:
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+async def release_memory_when_idle(services: Services, work_ended: asyncio.Event, trim: Callable[[], object]) -> None:
+    """Hand the memory freed by inference back to the OS once the service is idle.
+
+    glibc keeps what a thread frees in that thread's arena for reuse; the engine's batches, the codec threads and
+    the event loop each leave theirs at their high-water mark, so after disconnect churn (512x512 reconstructs on
+    the default model, 7 rounds of 8 s) RSS stayed at 2.3 GiB although no tensor beyond the weights was alive.
+    `malloc_trim(0)` gives those pages back (to 0.4 GiB). It runs, in a thread, only once no inference request has
+    ended for IDLE_BEFORE_TRIM_S and the batcher is idle, so a busy service pays nothing for it (a fixed mmap
+    threshold would have: every large tensor page-faulted anew, 2.6 -> 3.9 s per 256x256 reconstruct).
+    """
+    while True:
+        await work_ended.wait()
+        while True:
+            work_ended.clear()
+            await asyncio.sleep(IDLE_BEFORE_TRIM_S)
+            if not work_ended.is_set() and services.batcher.idle():
+                break
+        started = time.perf_counter()
+        await asyncio.to_thread(trim)
+        logger.debug("memory trimmed after work", extra={"trim_ms": round((time.perf_counter() - started) * 1000, 2)})
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
+    work_ended = asyncio.Event()  # set as each inference request ends
+    trim = libc_malloc_trim()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,12 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ).set(1)
         metrics.MEMORY_BUDGET.set(services.batcher.policy.max_batch_bytes)
         services.batcher.start()
+        trimmer = asyncio.create_task(release_memory_when_idle(services, work_ended, trim)) if trim else None
         services.started = True
         logger.info("ready", extra={"models": list(services.engines)})
         try:
             yield
         finally:
             services.start_draining()
+            if trimmer is not None:
+                trimmer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimmer
             if not await services.batcher.drain(settings.graceful_timeout_s):
                 logger.warning("graceful timeout passed with work queued; failing it with 503")
             await services.batcher.stop()
@@ -70,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.router)
     app.include_router(oip.infer_router)
     app.include_router(web.router)  # the page at /
-    # outermost last: request context, then CORS (so that refusals carry its headers), then the body guard
+    # outermost last: request context, then CORS (so that refusals carry its headers), the body guard, then HEAD
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(
         BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
     )
@@ -82,6 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "retry-after"],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, on_inference_end=work_ended.set)
     install_schema(app, inference.OPENAPI_MODELS)
     return app

@@ -20,6 +20,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "invalid_json": (400, "invalid_json"),
     "unauthorized": (401, "unauthorized"),
     "body_timeout": (408, "body_timeout"),
+    "header_timeout": (408, "header_timeout"),
     "not_found": (404, "not_found"),
     "model_not_found": (404, "model_not_found"),
     "method_not_allowed": (405, "method_not_allowed"),
@@ -28,6 +29,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "image_too_large": (413, "image_too_large"),
     "too_many_images": (413, "too_many_images"),
     "unsupported_media_type": (415, "unsupported_media_type"),
+    "headers_too_large": (431, "headers_too_large"),
     "invalid_input": (422, "invalid_input"),
     "client_closed": (499, "client_closed_request"),
     "overloaded": (429, "overloaded"),
@@ -35,6 +37,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "batch_failed": (500, "batch_failed"),
     "not_ready": (503, "not_ready"),
     "shutting_down": (503, "shutting_down"),
+    "too_many_connections": (503, "too_many_connections"),
     "deadline_exceeded": (504, "deadline_exceeded"),
 }
 

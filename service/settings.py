@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, ge=1)  # per image
     max_images_per_request: int = Field(default=32, ge=1)
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; -> 408
+    # connections, bounded by the HTTP protocol before a request reaches the app (middleware.BoundedHttpToolsProtocol)
+    max_connections: int = Field(default=1000, ge=1)  # open connections; one more is answered 503 and closed
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line and headers must arrive within this; -> 408
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers together; -> 431
+    max_headers: int = Field(default=100, ge=1)  # header fields per request; -> 431
     # codecs
     codec_threads: int = Field(default=4, ge=1)
     png_compress_level: int = Field(default=1, ge=0, le=9)

@@ -7,7 +7,9 @@ SIGTERM drain are proven in `tests/reliability` (`test_overload.py`, `test_fault
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -17,6 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.__main__ import fit_open_files, uvicorn_config
+from service.middleware import BoundedHttpToolsProtocol, ConnectionLimits
+from service.settings import Settings
 from tests.support.constants import PNG, ROOT
 from tests.support.images import png
 from tests.support.servers import free_port, hold_engine, serving_checkpoint
@@ -67,3 +72,35 @@ def test_missing_checkpoint_exits_with_a_clear_message(tmp_path: Path) -> None:
     assert str(missing) in result.stderr
     assert "VQSERVE_MODEL_PATH" in result.stderr
     assert "--model-path" in result.stderr
+
+
+def test_uvicorn_runs_the_bounded_protocol_with_the_settings_limits() -> None:
+    settings = Settings(max_connections=7, header_timeout_s=1.5, max_header_bytes=4096, max_headers=12)
+    config = uvicorn_config(object(), settings)
+    assert isinstance(config.http, type)
+    assert issubclass(config.http, BoundedHttpToolsProtocol)
+    assert config.http.limits == ConnectionLimits(
+        max_connections=7, header_timeout_s=1.5, max_header_bytes=4096, max_headers=12
+    )
+    assert BoundedHttpToolsProtocol.limits == ConnectionLimits()  # the base class is left as it was
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "raised_to", "warns"),
+    [(1024, 4096, 1256, False), (256, 512, 512, True), (65536, 65536, None, False)],
+)
+def test_the_open_file_limit_is_raised_to_fit_max_connections(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    soft: int,
+    hard: int,
+    raised_to: int | None,
+    warns: bool,
+) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: calls.append(limits))
+    with caplog.at_level(logging.WARNING, logger="vqserve"):
+        fit_open_files(1000)
+    assert calls == ([] if raised_to is None else [(raised_to, hard)])
+    assert ("open-file limit" in caplog.text) is warns

@@ -74,3 +74,24 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.models == ["a=/x", "b=/y"]
     assert settings.warmup is False
     assert settings.dtype == "float16"
+
+
+def test_connection_bounds_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQSERVE_MAX_CONNECTIONS", "50")
+    monkeypatch.setenv("VQSERVE_HEADER_TIMEOUT_S", "2.5")
+    settings = settings_from_args(["--max-header-bytes", "8192", "--max-headers", "20"])
+    assert (settings.max_connections, settings.header_timeout_s) == (50, 2.5)
+    assert (settings.max_header_bytes, settings.max_headers) == (8192, 20)
+    defaults = {name: Settings.model_fields[name].default for name in ("max_connections", "header_timeout_s")}
+    assert defaults == {"max_connections": 1000, "header_timeout_s": 10.0}
+    assert Settings.model_fields["max_header_bytes"].default == 64 * 1024
+    assert Settings.model_fields["max_headers"].default == 100
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_connections", 0), ("header_timeout_s", 0), ("max_header_bytes", 512), ("max_headers", 0)],
+)
+def test_connection_bounds_are_validated(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
