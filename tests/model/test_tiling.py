@@ -122,8 +122,12 @@ def test_tile_config_refuses_an_overlap_as_large_as_the_tile() -> None:
         TileConfig(tile_size=64, tile_overlap=64)
 
 
+# The peak of live bytes in torch's CPU allocator during one reconstruct, from the profiler's allocation events.
+# Not ru_maxrss: a process's RSS peak includes whatever loading the model touched, and on CI it hid the reconstruct's
+# own peak entirely (measured 0). The allocator's events count exactly the activations the estimate models.
 PEAK_PROBE = """
-import json, resource, sys, torch
+import json, sys, torch
+from torch.profiler import ProfilerActivity, profile
 from model import VQModel
 from model.tiling import activation_bytes_per_pixel
 torch.set_num_threads(1)
@@ -131,19 +135,24 @@ model = VQModel.from_pretrained(sys.argv[1]).optimize_for_inference()
 side = int(sys.argv[2])
 with torch.inference_mode():
     model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, 64, 64)))[1])  # kernels and buffers
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, side, side)))[1])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"measured": (after - before) / side**2, "estimate": activation_bytes_per_pixel(model.config, 4)}))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, side, side)))[1])
+allocations = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+live = peak = 0
+for _, nbytes in allocations:
+    live += nbytes
+    peak = max(peak, live)
+print(json.dumps({"measured": peak / side**2, "estimate": activation_bytes_per_pixel(model.config, 4)}))
 """
 
 
 def test_the_activation_estimate_bounds_a_measured_peak() -> None:
-    """The batcher's memory budget trusts `activation_bytes_per_pixel`: a real reconstruct of the shipped default
-    (peak RSS growth of a fresh process) must stay under it, and the estimate must not be wildly conservative."""
+    """The batcher's memory budget trusts `activation_bytes_per_pixel`: the peak of live tensor bytes in a real
+    reconstruct of the shipped default must stay under it with room for the allocator's own overhead (RSS ran about
+    1.5x the tensor peak here), and the estimate must not be wildly conservative."""
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, str(root / "model/weights/default"), "512"],
+        [sys.executable, "-c", PEAK_PROBE, str(root / "model/weights/default"), "384"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -151,5 +160,5 @@ def test_the_activation_estimate_bounds_a_measured_peak() -> None:
         check=True,
     )
     figures = json.loads(out.stdout)
-    assert figures["measured"] <= figures["estimate"]
+    assert figures["measured"] * 1.25 <= figures["estimate"]
     assert figures["measured"] >= figures["estimate"] / 4

@@ -72,6 +72,12 @@ def test_sigterm_under_load_drains_and_exits_zero(tiny_64ch_checkpoint: Path, tm
         while httpx.get(f"{server.url}/readyz", timeout=5).status_code != 503:
             # well before the listener closes (DELAY_S); loose enough for a loaded 2-core CI machine
             assert time.monotonic() - signalled < DELAY_S - 0.5, "readiness did not flip at once"
+        # Every client may wait behind the held engine for the whole delay, so one fresh connection asks while the
+        # listener is still open: it must be refused with 503 and Retry-After, neither admitted nor dropped.
+        time.sleep(max(0.0, signalled + 0.15 - time.monotonic()))
+        sent = time.monotonic()
+        late = httpx.post(f"{server.url}/encode", content=png(32, 32), headers={**PNG, "x-request-id": "drain-late"})
+        outcomes.append(Outcome(sent, late.status_code, late.text[:200], late.headers.get("retry-after"), "drain-late"))
         code = server.process.wait(timeout=GRACE_S + DELAY_S + 10)
         exited = time.monotonic() - signalled
         stop.set()
