@@ -137,7 +137,8 @@ with torch.inference_mode():
     model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, 64, 64)))[1])  # kernels and buffers
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model.decode_indices(model.quantize(model.encode(torch.zeros(1, 3, side, side)))[1])
-allocations = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+events = prof.profiler.kineto_results.events()
+allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
 live = peak = 0
 for _, nbytes in allocations:
     live += nbytes
