@@ -124,7 +124,8 @@ class Engine:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
-        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."))
+        colors = tuple((r, g, b) for r, g, b in self.model.quantize.principal_colors().tolist())
+        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."), colors)
         logger.info(
             "model %s loaded from %s on %s as %s in %.2fs",
             self.name,
