@@ -43,8 +43,8 @@ def test_colors_are_one_rgb_triple_per_code_and_stable(client: TestClient, tiny_
     colors = np.array(body["colors"])
     assert colors.shape == (64, 3)
     assert colors.dtype.kind == "i"
-    assert colors.min() >= 0 and colors.max() <= 255
-    assert colors.min() == 0 and colors.max() == 255, "not spread over the colour range"
+    assert colors.min() == 0, "not spread over the colour range (or below it)"
+    assert colors.max() == 255, "not spread over the colour range (or above it)"
     assert len(np.unique(colors, axis=0)) > 32, "most codes share a colour"
 
     # deterministic: the same reply again, and the same as computed afresh from the checkpoint's weights
@@ -84,6 +84,6 @@ def test_colors_of_a_low_dimensional_or_degenerate_codebook_are_defined() -> Non
         line.embedding.weight.copy_(torch.arange(8.0)[:, None] * torch.tensor([[1.0, 2.0]]))  # rank 1, 2 dims
     colors = line.principal_colors().numpy()
     assert colors.shape == (8, 3)
-    assert np.array_equal(colors[:, 0], np.sort(colors[:, 0])) or np.array_equal(colors[:, 0], -np.sort(-colors[:, 0]))
+    assert np.array_equal(colors[:, 0], np.sort(colors[:, 0])) or np.array_equal(colors[::-1, 0], np.sort(colors[:, 0]))
     assert (colors[0, 0], colors[-1, 0]) in ((0, 255), (255, 0))  # the one direction of variance spans the range
     assert (colors[:, 1:] == 128).all(), "no variance (rank 1) and no third dimension: mid-grey"
