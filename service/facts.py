@@ -20,5 +20,5 @@ class ModelFacts:
     device: str  # e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "float32", "bfloat16"
     # one [r, g, b] per code: the codebook's first three principal components (`GET /models/{name}/codebook/colors`);
-    # computed once at load, from the weights as loaded
+    # computed once at load, from the checkpoint's weights before they are cast for the device
     codebook_colors: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)

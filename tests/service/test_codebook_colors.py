@@ -87,3 +87,11 @@ def test_colors_of_a_low_dimensional_or_degenerate_codebook_are_defined() -> Non
     assert np.array_equal(colors[:, 0], np.sort(colors[:, 0])) or np.array_equal(colors[::-1, 0], np.sort(colors[:, 0]))
     assert (colors[0, 0], colors[-1, 0]) in ((0, 255), (255, 0))  # the one direction of variance spans the range
     assert (colors[:, 1:] == 128).all(), "no variance (rank 1) and no third dimension: mid-grey"
+
+
+def test_colors_do_not_depend_on_the_serving_dtype(client: TestClient, make_client: object) -> None:
+    """Computed from the checkpoint's float32 weights before the cast, so a bfloat16 server shows the same map."""
+    half = make_client(dtype="bfloat16")  # type: ignore[operator]
+    assert half.get("/models/default").json()["dtype"] == "bfloat16"
+    colors = half.get("/models/default/codebook/colors").json()["colors"]
+    assert colors == client.get("/models/default/codebook/colors").json()["colors"]
