@@ -79,6 +79,33 @@ class VectorQuantizer(nn.Module):
         # (B, h, w, D) permuted: channels-last memory, which the convolutions after it prefer
         return F.embedding(indices.long(), self.embedding.weight).permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def principal_colors(self) -> torch.Tensor:
+        """(K, 3) uint8: each code vector projected on the codebook's first three principal components, as RGB.
+
+        A code grid drawn in these colours shows which codes are alike (nearby vectors get nearby colours), where
+        a colour per index shows noise. Each component is scaled to 0..255 between its 0.5th and 99.5th
+        percentiles (clamped), so a few outlying codes do not grey out the rest. Deterministic: an exact
+        eigendecomposition in float64 (not a randomized PCA), each component's sign fixed by its largest loading.
+        A codebook of fewer than three dimensions (or of lower rank) gets mid-grey for the missing channels.
+        """
+        codebook = self.embedding.weight.detach().to(device="cpu", dtype=torch.float64)
+        centred = codebook - codebook.mean(dim=0)
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+        components = vectors.flip(1)[:, :3]  # (D, min(3, D)), largest variance first
+        largest = components.abs().argmax(dim=0, keepdim=True)
+        components = components * torch.sign(components.gather(0, largest))
+        projected = centred @ components  # (K, min(3, D))
+        low = torch.quantile(projected, 0.005, dim=0)
+        high = torch.quantile(projected, 0.995, dim=0)
+        span = high - low
+        flat = span <= 1e-12 * max(1.0, float(codebook.abs().max()))  # no variance along this component
+        scaled = ((projected - low) / torch.where(flat, 1.0, span)).clamp(0.0, 1.0)
+        scaled[:, flat] = 0.5
+        rgb = torch.full((codebook.shape[0], 3), 0.5, dtype=torch.float64)
+        rgb[:, : scaled.shape[1]] = scaled
+        return (rgb * 255.0).round().to(torch.uint8)
+
     def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D, h, w) latents -> (quantized (B, D, h, w) in the latents' dtype, indices (B, h, w))."""
         b, d, h, w = latents.shape

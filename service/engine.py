@@ -117,6 +117,8 @@ class Engine:
             model = VQModel.from_pretrained(self.spec.path, subfolder=self.spec.subfolder, device="cpu")
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"model {self.name!r}: cannot load {self.spec.directory}: {exc}") from exc
+        # from the checkpoint's weights on the CPU, before any cast: the same colours on every device and dtype
+        colors = tuple((r, g, b) for r, g, b in model.quantize.principal_colors().tolist())
         dtype = resolve_dtype(self._settings.dtype, device, model.config.force_upcast)
         self.model = model.to(device=device, dtype=dtype).optimize_for_inference()
         self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
@@ -124,7 +126,7 @@ class Engine:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
-        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."))
+        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."), colors)
         logger.info(
             "model %s loaded from %s on %s as %s in %.2fs",
             self.name,

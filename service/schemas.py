@@ -59,6 +59,21 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class CodebookColors(BaseModel):
+    """A colour per code for pictures of code grids: similar code vectors get similar colours."""
+
+    model: str
+    codebook_size: int
+    colors: list[tuple[int, int, int]] = Field(
+        description="[r, g, b] in 0..255 per code, in index order: the code vector's first three principal "
+        "components over the codebook, each scaled between its 0.5th and 99.5th percentiles"
+    )
+
+    @classmethod
+    def of(cls, facts: ModelFacts) -> CodebookColors:
+        return cls(model=facts.name, codebook_size=facts.config.codebook_size, colors=list(facts.codebook_colors))
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 

@@ -1,7 +1,8 @@
 // vqserve page: show and edit the discrete codes of a VQ autoencoder.
 //
 // Plain JavaScript with no build step and no third-party code, so the page works offline and shows how a client
-// uses the public API: GET /models, POST /encode, POST /reconstruct and POST /decode, nothing else.
+// uses the public API: GET /models, GET /models/{name}/codebook/colors, POST /encode, POST /reconstruct and
+// POST /decode, nothing else. downloads.js (loaded first) builds the files the page offers for download.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   models: [], // ModelInfo objects from GET /models
   image: null, // {blob, name, url}: what the user picked
-  result: null, // {model, indices, shape: [h, w], imageSize: [H, W], codebookSize, factor}
+  result: null, // {model, indices, shape: [h, w], imageSize: [H, W], codebookSize, factor, channels, psnr}
   edited: null, // a copy of result.indices that the user changes
   counts: null, // Int32Array(K): cells per code in `edited`
   selected: null, // [row, col] of the selected cell
@@ -21,6 +22,13 @@ const state = {
   decodeMs: null,
   times: {},
   urls: [], // object URLs to revoke when replaced
+  palettes: new Map(), // model name -> a CSS colour per code (GET /models/{name}/codebook/colors), fetched once
+  palette: null, // the current result's model's palette
+  originalPixels: null, // the picked image as the model sees it (alpha over white; luma for 1 channel)
+  reconstruction: null, // the PNG blob of POST /reconstruct
+  decoded: null, // the PNG blob of the last POST /decode of the edited grid
+  psnrEdited: null, // dB of the last decode of the edited grid against the original, computed here
+  decodeFailed: false, // the last decode of the edited grid failed: its picture is stale
 };
 
 // ---------------------------------------------------------------------------------------------- API
@@ -65,10 +73,19 @@ function setStatus(text, busy) {
   document.body.dataset.state = busy ? "busy" : "ready";
 }
 
+function errorText(error) {
+  return error instanceof ApiError ? error.message : `Something went wrong: ${error.message || error}`;
+}
+
+// a failed run: the message, and no result of an earlier image or model left under it
 function showError(error) {
+  discardResult();
+  showMessage(error);
+}
+
+function showMessage(error) {
   const box = $("error");
-  const detail = error instanceof ApiError ? error.message : `Something went wrong: ${error.message || error}`;
-  box.textContent = detail;
+  box.textContent = errorText(error);
   box.hidden = false;
   document.body.dataset.state = "error";
   $("status").textContent = "";
@@ -77,6 +94,55 @@ function showError(error) {
 function clearError() {
   $("error").hidden = true;
   $("error").textContent = "";
+}
+
+// a failed decode of the edited grid: the grid and the first results still hold, the decoded picture does not
+function showDecodeError(error) {
+  state.decodeFailed = true;
+  state.psnrEdited = null;
+  markDecodeStale();
+  showStats();
+  showMessage(error);
+}
+
+function markDecodeStale() {
+  $("edited").classList.toggle("stale", state.decodeFailed);
+  $("edited-stale").hidden = !state.decodeFailed;
+  $("download-decoded").disabled = state.decodeFailed || !state.decoded;
+}
+
+// a code the user typed that cannot be applied: said next to the editor, the results are untouched
+function showEditError(text) {
+  $("edit-error").textContent = text;
+  $("edit-error").hidden = false;
+  $("code").setAttribute("aria-invalid", "true");
+}
+
+function clearEditError() {
+  $("edit-error").hidden = true;
+  $("edit-error").textContent = "";
+  $("code").removeAttribute("aria-invalid");
+}
+
+// forget the shown result, so that nothing on screen describes an input other than the current one
+function discardResult() {
+  state.runId += 1; // replies still on their way belong to the discarded run
+  if (state.decodeAbort) state.decodeAbort.abort();
+  state.result = null;
+  state.edited = null;
+  state.counts = null;
+  state.selected = null;
+  state.hover = null;
+  state.reconstruction = null;
+  state.decoded = null;
+  state.psnrEdited = null;
+  state.decodeFailed = false;
+  $("results").hidden = true;
+  $("results").classList.remove("stale");
+  $("editor").hidden = true;
+  $("original").removeAttribute("src");
+  $("reconstruction").removeAttribute("src");
+  releaseURLs();
 }
 
 function objectURL(blob) {
@@ -143,13 +209,16 @@ async function run() {
   if (!state.image || !info) return;
   const id = ++state.runId;
   clearError();
+  clearEditError();
   if (state.decodeAbort) state.decodeAbort.abort();
-  releaseURLs();
+  $("results").classList.add("stale"); // what is shown belongs to the previous input until this run ends
   const { blob, name } = state.image;
   const body = { method: "POST", body: blob };
   const type = blob.type || "application/octet-stream";
   try {
     setStatus(`Encoding ${name} with ${info.name}…`, true);
+    const palette = await codebookPalette(info.name);
+    if (id !== state.runId) return;
     const encoded = await call(
       `/encode?${modelQuery(info.name)}`,
       { ...body, headers: { "Content-Type": type, Accept: "application/json" } },
@@ -163,7 +232,10 @@ async function run() {
       readBlob,
     );
     if (id !== state.runId) return;
+    const originalPixels = await modelPixels(blob, info.in_channels);
+    if (id !== state.runId) return;
 
+    releaseURLs();
     const data = encoded.data;
     state.result = {
       model: info.name,
@@ -178,10 +250,18 @@ async function run() {
     state.edited = data.indices.map((row) => row.slice());
     state.selected = null;
     state.hover = null;
+    state.palette = palette;
+    state.originalPixels = originalPixels;
+    state.reconstruction = rebuilt.data;
+    state.decoded = null;
+    state.psnrEdited = null;
+    state.decodeFailed = false;
+    markDecodeStale();
     state.times = { encode: encoded.ms, reconstruct: rebuilt.ms };
     $("original").src = objectURL(blob);
     $("reconstruction").src = objectURL(rebuilt.data);
     $("results").hidden = false;
+    $("results").classList.remove("stale");
     $("editor").hidden = false;
     $("code").max = String(data.codebook_size - 1);
     recount();
@@ -220,15 +300,22 @@ async function decodeEdited(id = state.runId) {
     const canvas = $("edited");
     canvas.width = bitmap.width;
     canvas.height = bitmap.height;
-    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
     bitmap.close();
     state.times.decode = decoded.ms;
+    state.decoded = decoded.data;
+    const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    state.psnrEdited = psnr(state.originalPixels, modelView(pixels, result.channels));
+    if (state.decodeFailed) clearError();
+    state.decodeFailed = false;
+    markDecodeStale();
     canvas.dataset.decodes = String(Number(canvas.dataset.decodes) + 1);
     showStats();
     const edits = countEdits();
     setStatus(edits ? `Decoded the grid with ${edits} edited cell${edits === 1 ? "" : "s"}.` : "Done.", false);
   } catch (error) {
-    if (error.name !== "AbortError" && id === state.runId) showError(error);
+    if (error.name !== "AbortError" && id === state.runId) showDecodeError(error);
   }
 }
 
@@ -236,6 +323,47 @@ async function decodeEdited(id = state.runId) {
 
 function fmt(value, digits) {
   return Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+// the page's PSNR of the edited grid's decode uses the service's definition (model/pixels.py): 8-bit pixels of the
+// image as the model reads it, alpha composited on white, one channel (ITU-R 601 luma, as Pillow's "L") for
+// grayscale models. On the untouched grid it matches the PSNR /reconstruct reports.
+async function modelPixels(blob, channels) {
+  const bitmap = await createImageBitmap(blob);
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return modelView(ctx.getImageData(0, 0, canvas.width, canvas.height), channels);
+}
+
+function modelView(imageData, channels) {
+  const { data, width, height } = imageData;
+  const out = new Uint8Array(width * height * channels);
+  for (let p = 0, q = 0; p < data.length; p += 4) {
+    const a = data[p + 3];
+    const over = (v) => Math.round((v * a + 255 * (255 - a)) / 255);
+    const [r, g, b] = [over(data[p]), over(data[p + 1]), over(data[p + 2])];
+    if (channels === 1) {
+      out[q++] = Math.floor((r * 19595 + g * 38470 + b * 7471 + 0x8000) / 65536); // Pillow's L conversion
+    } else {
+      out[q++] = r;
+      out[q++] = g;
+      out[q++] = b;
+    }
+  }
+  return { data: out, width, height };
+}
+
+function psnr(reference, test) {
+  if (!reference || reference.width !== test.width || reference.height !== test.height) return null;
+  let sum = 0;
+  for (let i = 0; i < reference.data.length; i += 1) {
+    const d = reference.data[i] - test.data[i];
+    sum += d * d;
+  }
+  const mse = sum / reference.data.length;
+  return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
 }
 
 function recount() {
@@ -258,7 +386,11 @@ function showStats() {
   const bitsPerCode = Math.log2(r.codebookSize);
   const bpp = (bitsPerCode * h * w) / (H * W);
   const raw = 8 * r.channels;
+  const edits = countEdits();
   $("stat-psnr").textContent = `${fmt(r.psnr, 2)} dB`;
+  $("psnr-edited-row").hidden = edits === 0;
+  $("stat-psnr-edited").textContent = state.psnrEdited === null ? "–" : `${fmt(state.psnrEdited, 2)} dB`;
+  $("used-label").textContent = `Codes used (${edits ? "edited" : "original"} grid)`;
   $("stat-grid").textContent = `${h} × ${w} codes for ${H} × ${W} px (×${r.factor})`;
   $("stat-bpp").textContent = `${fmt(bpp, 3)} (${fmt(raw / bpp, 1)}× smaller than ${raw}-bit pixels)`;
   let used = 0;
@@ -281,23 +413,21 @@ function showStats() {
 
 // ---------------------------------------------------------------------------------------------- colours
 
-// one stable colour per code: golden-angle hues keep neighbouring codes apart, a hash varies the tone
-const colourCache = new Map();
+// a colour per code from the service: the code vector's first three principal components as RGB, so that codes
+// that are alike look alike and the map shows the structure the codes carry (a colour per index shows noise)
+async function codebookPalette(model) {
+  let palette = state.palettes.get(model);
+  if (palette === undefined) {
+    const path = `/models/${encodeURIComponent(model)}/codebook/colors`;
+    const { data } = await call(path, { method: "GET" }, readJSON);
+    palette = data.colors.map(([r, g, b]) => `rgb(${r} ${g} ${b})`);
+    state.palettes.set(model, palette);
+  }
+  return palette;
+}
 
 function codeColour(code) {
-  let colour = colourCache.get(code);
-  if (colour === undefined) {
-    let h = Math.imul(code + 1, 0x9e3779b1) >>> 0;
-    h ^= h >>> 15;
-    h = Math.imul(h, 0x85ebca6b) >>> 0;
-    h ^= h >>> 13;
-    const hue = (code * 137.508) % 360;
-    const saturation = 50 + (h % 40);
-    const lightness = 35 + ((h >>> 8) % 35);
-    colour = `hsl(${hue.toFixed(1)} ${saturation}% ${lightness}%)`;
-    colourCache.set(code, colour);
-  }
-  return colour;
+  return state.palette[code];
 }
 
 // ---------------------------------------------------------------------------------------------- code map
@@ -393,10 +523,10 @@ function brushCode() {
   const value = Number($("code").value);
   const size = state.result.codebookSize;
   if (!Number.isInteger(value) || value < 0 || value >= size) {
-    showError(new ApiError(`The code must be a whole number from 0 to ${size - 1}.`));
+    showEditError(`The code must be a whole number from 0 to ${size - 1}.`);
     return null;
   }
-  clearError();
+  clearEditError();
   return value;
 }
 
@@ -432,10 +562,21 @@ function updateEditInfo() {
   const where = state.selected ? `selected ${describeCell(state.selected)}` : "no cell selected";
   $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.`;
   $("apply").disabled = !state.selected;
+  $("apply").textContent = applyLabel();
   $("reset").disabled = edits === 0;
 }
 
+// what the Apply button does in the current tool: set the selected cell, or stamp the brush centred on it
+function applyLabel() {
+  if (tool() === "select") return "Apply to selected cell";
+  const size = brushSize();
+  return size === 1 ? "Paint the selected cell" : `Paint ${size}×${size} around the selected cell`;
+}
+
 function afterEdit() {
+  state.psnrEdited = null; // until the edited grid is decoded again
+  state.decoded = null;
+  markDecodeStale();
   drawCodeMap();
   drawHistogram();
   showStats();
@@ -537,7 +678,9 @@ function drawHistogram() {
   const { K, bins, per } = histogramBins();
   const sums = new Float64Array(bins);
   for (let k = 0; k < K; k += 1) sums[Math.floor(k / per)] += state.counts[k];
-  const peak = Math.max(1, ...sums);
+  const log = histogramScale() === "log";
+  const scale = log ? Math.log1p : (n) => n;
+  const peak = scale(Math.max(1, ...sums));
   const { width, height } = canvas;
   const styles = getComputedStyle(document.documentElement);
   ctx.clearRect(0, 0, width, height);
@@ -546,14 +689,22 @@ function drawHistogram() {
   const barWidth = width / bins;
   for (let b = 0; b < bins; b += 1) {
     if (sums[b] === 0) continue;
-    const barHeight = Math.max(2, (sums[b] / peak) * (height - 8));
+    const barHeight = Math.max(2, (scale(sums[b]) / peak) * (height - 8));
     ctx.fillStyle = per === 1 ? codeColour(b) : styles.getPropertyValue("--accent");
     ctx.fillRect(b * barWidth, height - barHeight, Math.max(1, barWidth - (barWidth > 3 ? 1 : 0)), barHeight);
   }
   canvas.setAttribute(
     "aria-label",
-    `Codebook usage: cells per code for ${K} codes` + (per > 1 ? `, ${per} codes per bar` : ""),
+    `Codebook usage: cells per code for ${K} codes` +
+      (per > 1 ? `, ${per} codes per bar` : "") +
+      `, ${log ? "logarithmic" : "linear"} scale`,
   );
+  canvas.dataset.scale = log ? "log" : "linear";
+}
+
+// log by default: after painting one code over a region, a linear scale flattens every other bar
+function histogramScale() {
+  return document.querySelector('input[name="hist-scale"]:checked').value;
 }
 
 function binAt(event) {
@@ -596,6 +747,32 @@ function onHistogramClick(event) {
   $("code").value = String(binCodes(b).best);
   document.querySelector('input[name="tool"][value="paint"]').checked = true;
   updateEditInfo();
+}
+
+// ---------------------------------------------------------------------------------------------- downloads
+
+function downloadName(what) {
+  const stem = `${fileStem(state.image.name)}-${state.result.model}`;
+  const codes = countEdits() ? "codes-edited" : "codes";
+  const names = {
+    reconstruction: `${stem}-reconstruction.png`,
+    decoded: `${stem}-${codes}-decoded.png`,
+    npy: `${stem}-${codes}.npy`,
+    json: `${stem}-${codes}.json`,
+  };
+  return names[what];
+}
+
+function onDownload(what) {
+  if (!state.result) return;
+  const blobs = {
+    reconstruction: () => state.reconstruction,
+    decoded: () => state.decoded,
+    npy: () => npyInt32(state.edited),
+    json: () => decodeRequestJSON(state.edited, state.result.imageSize),
+  };
+  const blob = blobs[what]();
+  if (blob) saveBlob(blob, downloadName(what));
 }
 
 // ---------------------------------------------------------------------------------------------- inputs
@@ -665,7 +842,23 @@ function init() {
     clearError();
     loadModels().then(run);
   });
-  $("brush").addEventListener("change", () => state.result && drawCodeMap());
+  const toolChanged = () => {
+    if (!state.result) return;
+    drawCodeMap();
+    updateEditInfo();
+  };
+  $("brush").addEventListener("change", toolChanged);
+  for (const radio of document.querySelectorAll('input[name="tool"]')) radio.addEventListener("change", toolChanged);
+  for (const radio of document.querySelectorAll('input[name="hist-scale"]')) {
+    radio.addEventListener("change", () => {
+      $("hist-info").textContent =
+        `bars: cells per code (${histogramScale()} scale); click a bar to paint with that code`;
+      if (state.result) drawHistogram();
+    });
+  }
+  for (const what of ["reconstruction", "decoded", "npy", "json"]) {
+    $(`download-${what}`).addEventListener("click", () => onDownload(what));
+  }
   const histogram = $("histogram");
   histogram.addEventListener("pointermove", onHistogramMove);
   histogram.addEventListener("click", onHistogramClick);

@@ -46,6 +46,7 @@ def test_keys_guard_inference_and_models_but_not_health(keyed: TestClient) -> No
         ("POST", "/v2/models/default/infer"),
         ("GET", "/models"),
         ("GET", "/models/default"),
+        ("GET", "/models/default/codebook/colors"),
         ("GET", "/v2/models/default"),
     ]
     for method, path in guarded:

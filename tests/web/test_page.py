@@ -7,12 +7,15 @@ type a code, paint) and read the outcome from the page: its canvases' pixels, it
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -287,6 +290,32 @@ def test_api_key_is_asked_for_and_used(browser: Any, server_dir: Path) -> None:
             page.click("button[data-sample='samples/digit-5.png']")
             wait_decodes(page, 1)
             assert page.locator("#model").input_value() == "digits"
+
+            # a decode that fails (the key changed under the page) marks the decoded picture stale; the grid and
+            # the first results still hold and stay
+            page.fill("#api-key", "wrong")
+            page.focus("#codemap")
+            page.keyboard.press("ArrowRight")  # selects the top-left cell
+            code = (page.evaluate("() => state.edited[0][0]") + 1) % 128
+            page.fill("#code", str(code))
+            page.click("#apply")
+            page.wait_for_function("() => document.body.dataset.state === 'error'")
+            assert "unauthorized" in page.locator("#error").inner_text()
+            assert page.locator("#edited-stale").is_visible()
+            assert "stale" in (page.locator("#edited").get_attribute("class") or "")
+            assert page.locator("#stat-psnr-edited").inner_text() == "–"
+            assert page.is_disabled("#download-decoded")
+            assert page.locator("#results").is_visible()
+            assert page.evaluate("() => state.edited[0][0]") == code
+            # the right key again: the next edit decodes, and the mark and the message go
+            page.fill("#api-key", "s3cret")
+            page.fill("#code", str((code + 1) % 128))
+            page.click("#apply")
+            wait_decodes(page, 2)
+            assert page.locator("#edited-stale").is_hidden()
+            assert page.locator("#error").is_hidden()
+            assert "stale" not in (page.locator("#edited").get_attribute("class") or "")
+            assert page.locator("#stat-psnr-edited").inner_text().endswith(" dB")
         finally:
             context.close()
 
@@ -309,3 +338,196 @@ def test_the_readme_screenshot_script_runs_on_the_shipped_models(browser: Any, t
     with Image.open(shot) as image:
         size = image.size
     assert min(size) > 600, f"{size}: not the whole results card"
+
+
+# ------------------------------------------------------------------------------------------------- issue 19
+
+
+def upload_gradient(page: Any, height: int = 38, width: int = 50) -> bytes:
+    """Pick a gradient PNG in the file input and wait for its first decode; returns the PNG."""
+    data = gradient_png(height, width)
+    page.set_input_files("#file", files=[{"name": "gradient.png", "mimeType": "image/png", "buffer": data}])
+    wait_decodes(page, int(page.evaluate("() => document.getElementById('edited').dataset.decodes")) + 1)
+    return data
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def canvas_rgb(page: Any, canvas: str) -> np.ndarray:
+    height, width = page.evaluate(SIZE, canvas)[::-1]
+    return np.array(page.evaluate(CANVAS_PIXELS, canvas), dtype=np.int16).reshape(height, width, 4)[..., :3]
+
+
+def test_code_map_draws_each_code_in_its_codebook_colour(page: Any, server: str) -> None:
+    upload_gradient(page)
+    colors = np.array(httpx.get(f"{server}/models/default/codebook/colors", timeout=10).json()["colors"])
+    indices = np.array(page.evaluate("() => state.result.indices"))
+    h, w = indices.shape
+    pixels = canvas_rgb(page, "codemap")
+    size = pixels.shape[0] // h  # square cells
+    assert pixels.shape[:2] == (h * size, w * size)
+    centres = pixels[size // 2 :: size, size // 2 :: size]  # one pixel in the middle of every cell
+    assert np.array_equal(centres, colors[indices]), "a cell is not drawn in its code's colour"
+    assert len(np.unique(indices)) > 3, "the gradient uses too few codes to show anything"
+    # the read-out on hover still names the code
+    box = map_box(page)
+    page.mouse.move(box["x"] + box["width"] * (w - 0.5) / w, box["y"] + box["height"] * (h - 0.5) / h)
+    assert f"row {h - 1}, col {w - 1}" in page.locator("#hover").inner_text()
+    assert f"code {indices[h - 1, w - 1]}," in page.locator("#hover").inner_text()
+
+
+def bar_heights(page: Any, bins: int) -> np.ndarray:
+    """Height in canvas pixels of each histogram bar, from its coverage (the partly covered top pixel counts by
+    its alpha); the 1-pixel axis line under an empty bar counts as 1."""
+    pixels = np.array(page.evaluate(CANVAS_PIXELS, "histogram"), dtype=np.float64).reshape(160, 1024, 4)
+    columns = (np.arange(bins) * 1024 / bins + 1024 / bins / 2).astype(int)
+    return np.asarray(pixels[:, columns, 3].sum(axis=0) / 255)
+
+
+def test_histogram_is_log_scaled_so_painting_does_not_flatten_the_other_bars(page: Any) -> None:
+    upload_gradient(page)
+    page.check("input[name=tool][value=paint]")
+    page.select_option("#brush", "5")
+    page.fill("#code", "5")
+    box = map_box(page)
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    for y in (0.15, 0.4, 0.65):  # three bands of the 5x5 brush: most of the grid becomes code 5
+        page.mouse.move(box["x"] + 2, box["y"] + box["height"] * y, steps=2)
+        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] * y, steps=12)
+    page.mouse.up()
+    wait_decodes(page, 2)
+    counts = np.array(page.evaluate("() => Array.from(state.counts)"), dtype=np.float64)
+    used = counts > 0
+    assert counts.max() > 150, counts
+    assert used.sum() > 3, counts
+    top = 160 - 8  # the drawing height of the tallest bar
+
+    assert page.is_checked("input[name=hist-scale][value=log]"), "log is the default"
+    log_heights = bar_heights(page, len(counts))
+    expected = np.maximum(2, np.log1p(counts) / np.log1p(counts.max()) * top)
+    assert np.abs(log_heights[used] - expected[used]).max() < 1.01, (log_heights[used], expected[used])
+    assert log_heights[used].min() > 0.1 * top, "a used code's bar is flat on the log scale"
+
+    page.check("input[name=hist-scale][value=linear]")
+    linear_heights = bar_heights(page, len(counts))
+    expected = np.maximum(2, counts / counts.max() * top)
+    assert np.abs(linear_heights[used] - expected[used]).max() < 1.01, (linear_heights[used], expected[used])
+    assert page.locator("#histogram").get_attribute("data-scale") == "linear"
+    assert "linear scale" in page.locator("#hist-info").inner_text()
+    rare = counts == counts[used].min()
+    assert (log_heights[rare] > 3 * linear_heights[rare]).all(), "log does not lift the rarely used codes"
+
+
+def test_apply_button_says_what_it_does_in_each_tool(page: Any) -> None:
+    upload_gradient(page)
+    click_cell(page, 3, 4)
+    assert page.locator("#apply").inner_text() == "Apply to selected cell"
+    page.check("input[name=tool][value=paint]")
+    assert page.locator("#apply").inner_text() == "Paint the selected cell"
+    page.select_option("#brush", "3")
+    assert page.locator("#apply").inner_text() == "Paint 3×3 around the selected cell"
+    page.fill("#code", "9")
+    page.click("#apply")  # and it does what it says: a 3x3 block around the selected cell
+    wait_decodes(page, 2)
+    edited = np.array(page.evaluate("() => state.edited"))
+    assert (edited[2:5, 3:6] == 9).all()
+    page.check("input[name=tool][value=select]")
+    assert page.locator("#apply").inner_text() == "Apply to selected cell"
+    # a code out of range (the form's own check stops Apply; painting asks the page) is said next to the
+    # editor, and the results stay: they still hold
+    page.check("input[name=tool][value=paint]")
+    page.fill("#code", "64")
+    click_cell(page, 8, 8)
+    assert "from 0 to 63" in page.locator("#edit-error").inner_text()
+    assert page.evaluate("() => state.edited[8][8]") != 64
+    assert page.locator("#results").is_visible()
+    assert page.locator("#error").is_hidden()
+
+
+def test_a_failed_run_leaves_no_result_of_the_previous_image(page: Any) -> None:
+    upload_gradient(page)
+    assert page.locator("#results").is_visible()
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}])
+    page.wait_for_function("() => document.body.dataset.state === 'error'")
+    assert "invalid_image" in page.locator("#error").inner_text()
+    assert page.locator("#results").is_hidden(), "the previous image's result stays under the error"
+    assert page.evaluate("() => state.result === null && document.getElementById('original').src === ''")
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p[1]]
+    # the next good image shows its result and clears the error
+    upload_gradient(page, 20, 24)
+    assert page.locator("#error").is_hidden()
+    assert page.locator("#stat-grid").inner_text().startswith("10 × 12 codes for 20 × 24 px")
+
+
+def test_psnr_and_codes_used_say_which_grid_they_describe(page: Any) -> None:
+    upload = upload_gradient(page)
+    assert page.locator("#used-label").inner_text() == "Codes used (original grid)"
+    assert page.locator("#psnr-edited-row").is_hidden()
+    reported = page.evaluate("() => state.result.psnr")
+    # the page's own PSNR of the untouched grid's decode is /reconstruct's: one definition for both figures
+    unedited = page.evaluate("() => state.psnrEdited")
+    assert abs(unedited - reported) < 0.05
+
+    click_cell(page, 5, 5)
+    code = (page.evaluate("() => state.result.indices[5][5]") + 31) % 64
+    page.fill("#code", str(code))
+    page.click("#apply")
+    wait_decodes(page, 2)
+    assert page.locator("#used-label").inner_text() == "Codes used (edited grid)"
+    assert page.locator("#psnr-edited-row").is_visible()
+    assert float(page.locator("#stat-psnr").inner_text().split()[0]) == pytest.approx(reported, abs=0.01)
+    shown = float(page.locator("#stat-psnr-edited").inner_text().split()[0])
+    # recomputed here from the edited decode on the canvas and the uploaded PNG
+    error = (canvas_rgb(page, "edited") - png_pixels(upload)).astype(np.float64)
+    expected = 10 * np.log10(255**2 / (error**2).mean())
+    assert shown == pytest.approx(expected, abs=0.01)
+    assert page.evaluate("() => state.psnrEdited") != unedited, "an edited cell did not change the PSNR"
+    cells = np.array(page.evaluate("() => state.edited"))
+    used = page.locator("#stat-used").inner_text()
+    assert used.startswith(f"{len(np.unique(cells))} of 64"), used
+
+
+def test_downloads_are_the_reconstruction_and_the_edited_codes(page: Any, server: str, tmp_path: Path) -> None:
+    upload = upload_gradient(page)
+    click_cell(page, 2, 3)
+    page.fill("#code", "17")
+    page.click("#apply")
+    wait_decodes(page, 2)
+    edited = np.array(page.evaluate("() => state.edited"))
+    assert edited[2, 3] == 17
+
+    def download(button: str) -> Path:
+        with page.expect_download() as info:
+            page.click(button)
+        path = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        return path
+
+    reconstruction = download("#download-reconstruction")
+    assert reconstruction.name == "gradient-default-reconstruction.png"
+    served = httpx.post(f"{server}/reconstruct", content=upload, headers={"content-type": "image/png"}, timeout=30)
+    assert np.array_equal(png_pixels(reconstruction.read_bytes()), png_pixels(served.content))
+
+    npy = download("#download-npy")
+    assert npy.name == "gradient-default-codes-edited.npy"
+    with npy.open("rb") as handle:
+        assert np.lib.format.read_magic(handle) == (1, 0)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    assert (shape, fortran, dtype) == (edited.shape, False, np.dtype("<i4"))
+    codes = np.load(npy, allow_pickle=False)
+    assert codes.flags.c_contiguous
+    assert np.array_equal(codes, edited)
+
+    # the JSON is a /decode body: posted back, it decodes to the picture the page shows and offers
+    body = json.loads(download("#download-json").read_text())
+    assert body == {"indices": edited.tolist(), "image_size": [38, 50]}
+    decoded = httpx.post(f"{server}/decode", json=body, headers={"accept": "image/png"}, timeout=30)
+    assert decoded.status_code == 200, decoded.text
+    picture = download("#download-decoded")
+    assert picture.name == "gradient-default-codes-edited-decoded.png"
+    assert np.array_equal(png_pixels(picture.read_bytes()), png_pixels(decoded.content))
+    assert np.abs(canvas_rgb(page, "edited") - png_pixels(decoded.content)).max() <= 2

@@ -37,6 +37,7 @@ def test_index_is_html_with_a_strict_csp(client: TestClient) -> None:
     ("path", "content_type"),
     [
         ("/static/app.js", "text/javascript; charset=utf-8"),
+        ("/static/downloads.js", "text/javascript; charset=utf-8"),
         ("/static/style.css", "text/css; charset=utf-8"),
         ("/static/index.html", "text/html; charset=utf-8"),
         ("/static/samples/astronaut.png", "image/png"),
