@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -61,11 +61,10 @@ def add_snapshot(
     return snapshot
 
 
-def offline_env(hf_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a process that uses only the cache under `hf_home` (`hf_home/hub`): offline, and with
-    no `HF_HUB_CACHE` or token of the test runner's that would override or leak into it."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    return {**env, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+def offline_env(hf_home: Path) -> dict[str, str]:
+    """The variables that make a subprocess use only the cache under `hf_home` (`hf_home/hub`), offline: both
+    `HF_HOME` and `HF_HUB_CACHE` (which would win over it were the test runner's set)."""
+    return {"HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": "1"}
 
 
 def offline_in_process(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> Path:
