@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from model.checkpoint import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
@@ -71,20 +73,52 @@ def fetch(name: str, repo: str, revision: str | None, subfolder: str | None) -> 
 
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     wanted = f"{prefix}{CONFIG_NAME}"
-    try:
-        config = Path(hf_hub_download(repo, wanted, revision=revision))
-        snapshot = config.parents[len(PurePosixPath(prefix).parts)]
-        wanted = f"{prefix}{SAFETENSORS_NAME} or {BIN_NAME}"
+    with _held_hub_logs() as held:
         try:
-            hf_hub_download(repo, prefix + SAFETENSORS_NAME, revision=snapshot.name)
-        except EntryNotFoundError:  # not in the repo, or (offline) not in the cache: the .bin then
-            hf_hub_download(repo, prefix + BIN_NAME, revision=snapshot.name)
-    except Exception as exc:
-        message = hub_error_message(exc, repo, revision, subfolder, wanted)
-        if message is None:
-            raise
-        raise ModelSourceError(f"model {name!r}: {message}") from exc
+            config = Path(hf_hub_download(repo, wanted, revision=revision))
+            snapshot = config.parents[len(PurePosixPath(prefix).parts)]
+            wanted = f"{prefix}{SAFETENSORS_NAME} or {BIN_NAME}"
+            try:
+                hf_hub_download(repo, prefix + SAFETENSORS_NAME, revision=snapshot.name)
+            except EntryNotFoundError:  # not in the repo, or (offline) not in the cache: the .bin then
+                hf_hub_download(repo, prefix + BIN_NAME, revision=snapshot.name)
+        except Exception as exc:
+            message = hub_error_message(exc, repo, revision, subfolder, wanted)
+            if message is None:
+                raise
+            held.clear()  # the retries that led here: the one line says what they found
+            raise ModelSourceError(f"model {name!r}: {message}") from exc
     return snapshot, snapshot.name
+
+
+@contextmanager
+def _held_hub_logs() -> Iterator[list[logging.LogRecord]]:
+    """Hold huggingface_hub's log records (its retry warnings) while fetching, and log what is left in the list
+    afterwards through the service's handlers. Its own plain stderr handler is removed: the service writes JSON
+    lines only, and a failure is one line (`fetch` clears the list first)."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        hub_logger.removeHandler(handler)
+    held: list[logging.LogRecord] = []
+    keep = _Keep(held)
+    hub_logger.addHandler(keep)
+    hub_logger.propagate = False
+    try:
+        yield held
+    finally:
+        hub_logger.removeHandler(keep)
+        hub_logger.propagate = True
+        for record in held:
+            hub_logger.handle(record)
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def fetch_command(repo: str, revision: str | None, subfolder: str | None) -> str:
