@@ -2,7 +2,8 @@
 
 Every field is an environment variable with the `VQSERVE_` prefix (`max_queue` -> `VQSERVE_MAX_QUEUE`) and a flag
 of `python -m service` (`--max-queue`). Invalid values fail at startup with a message naming the setting; nothing
-else in the service reads the environment.
+else in the service reads the environment, except huggingface_hub, which reads its own `HF_*` variables (cache,
+offline mode, token, endpoint) when a model path is a Hub repo id (`service/model_source.py`).
 """
 
 from __future__ import annotations

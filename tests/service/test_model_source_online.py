@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(240)
 
 PIPELINE = fake_commit("pipeline")
 LEGACY = fake_commit("legacy")
+TOKEN = "hf_test_token"
 
 
 def bin_bytes(checkpoint: Path, tmp: Path) -> bytes:
@@ -47,13 +48,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iter
         **checkpoint_files(tiny_checkpoint, "vqvae"),
     }
     legacy = {f"movq/{CONFIG_NAME}": (tiny_checkpoint / CONFIG_NAME).read_bytes(), f"movq/{BIN_NAME}": legacy_bin}
-    repos = {"org/pipeline": {PIPELINE: pipeline}, "org/legacy": {LEGACY: legacy}}
-    with LocalHub(repos, {"org/pipeline": {"main": PIPELINE}, "org/legacy": {"main": LEGACY}}) as running:
+    repos = {"org/pipeline": {PIPELINE: pipeline}, "org/legacy": {LEGACY: legacy}, "org/private": {LEGACY: legacy}}
+    refs = {"org/pipeline": {"main": PIPELINE}, "org/legacy": {"main": LEGACY}, "org/private": {"main": LEGACY}}
+    with LocalHub(repos, refs, private={"org/private": TOKEN}) as running:
         yield running
 
 
-def online_env(hf_home: Path, hub: LocalHub) -> dict[str, str]:
-    return {**offline_env(hf_home), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
+def online_env(hf_home: Path, hub: LocalHub, token: str = "") -> dict[str, str]:
+    """The cache under `hf_home`, the local Hub as the endpoint, and `token` as HF_TOKEN (none by default)."""
+    return {**offline_env(hf_home), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": token}
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -157,3 +160,15 @@ def test_the_command_the_offline_failure_gives_fills_the_cache(
     with app_client(None, model_path="org/pipeline", model_subfolder="vqvae", torch_threads=1) as client:
         info = client.get("/models/default").json()
     assert info["source"] == {"repo": "org/pipeline", "revision": PIPELINE, "ref": "main", "subfolder": "vqvae"}
+
+
+def test_a_private_repo_needs_hf_token(hub: LocalHub, tmp_path: Path) -> None:
+    args = ["info", "--device", "cpu", "--model-path", "org/private", "--model-subfolder", "movq"]
+    refused = cli(args, online_env(tmp_path / "without", hub))
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "no Hub repo org/private" in line
+    assert "(or it is private: set HF_TOKEN to a token that may read it)" in line
+    allowed = cli(args, online_env(tmp_path / "with", hub, token=TOKEN))
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)[0]["source"]["repo"] == "org/private"

@@ -89,17 +89,23 @@ class LocalHub:
     the online tests (`HF_ENDPOINT=hub.url`): `HEAD`/`GET /{repo}/resolve/{revision}/{path}` (the file, with the
     `X-Repo-Commit` and `ETag` headers `hf_hub_download` reads), and for `hf download`'s listing `GET
     /api/models/{repo}/revision/{revision}` and `GET /api/models/{repo}/tree/{commit}`. Unknown repos, revisions
-    and files are answered 404 with the Hub's `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`).
+    and files are answered 404 with the Hub's `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`);
+    a repo in `private` is answered 401 with `RepoNotFound` (as the Hub answers) unless the request carries its token.
     `downloads` records the `GET` of each file, so that a test sees what was fetched.
 
     `repos` maps a repo id to its commits (`{commit: {path: bytes}}`), `refs` a repo id to `{branch or tag: commit}`.
     """
 
-    def __init__(self, repos: dict[str, dict[str, dict[str, bytes]]], refs: dict[str, dict[str, str]]) -> None:
+    def __init__(
+        self,
+        repos: dict[str, dict[str, dict[str, bytes]]],
+        refs: dict[str, dict[str, str]],
+        private: dict[str, str] | None = None,
+    ) -> None:
         import threading
         from http.server import ThreadingHTTPServer
 
-        self.repos, self.refs = repos, refs
+        self.repos, self.refs, self.private = repos, refs, private or {}
         self.downloads: list[str] = []  # "org/name@commit:path" per file GET
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -139,8 +145,8 @@ class LocalHub:
                 else:
                     self._resolve(send_body=True)
 
-            def _fail(self, code: str) -> None:
-                self.send_response(404)
+            def _fail(self, code: str, status: int = 404) -> None:
+                self.send_response(status)
                 self.send_header("X-Error-Code", code)
                 self.send_header("Content-Type", "application/json")
                 body = json.dumps({"error": code}).encode()
@@ -157,8 +163,9 @@ class LocalHub:
                 self.wfile.write(body)
 
             def _commit(self, repo: str, revision: str) -> str | None:
-                if repo not in hub.repos:
-                    self._fail("RepoNotFound")
+                token = hub.private.get(repo)
+                if repo not in hub.repos or (token and self.headers.get("authorization") != f"Bearer {token}"):
+                    self._fail("RepoNotFound", 401 if token else 404)
                     return None
                 commit = hub.commit_of(repo, revision)
                 if commit is None:
