@@ -153,7 +153,7 @@ def hub_error_message(
             "(or it is private: set HF_TOKEN to a token that may read it)"
         )
     if isinstance(exc, RevisionNotFoundError):
-        return f"the Hub repo {repo} has no revision {revision!r}"
+        return f"the Hub repo {repo} has no revision {revision or DEFAULT_REVISION!r}"
     if isinstance(exc, RemoteEntryNotFoundError):
         hint = "" if subfolder else " (is the VQModel in a subfolder? set VQSERVE_MODEL_SUBFOLDER / --model-subfolder)"
         return f"{at} has no {wanted}{hint}"
@@ -170,6 +170,8 @@ def hub_error_message(
         )
     if isinstance(exc, HFValidationError):
         return f"{repo} is not a valid Hub repo id: {_first_line(exc)}"
+    if isinstance(exc, ValueError):  # e.g. a subfolder that leaves the repo (`../x`)
+        return f"cannot fetch {wanted} of {at}: {_first_line(exc)}"
     if isinstance(exc, HfHubHTTPError):
         return f"the Hub at {constants.ENDPOINT} refused {at}: {_first_line(exc)}"
     if isinstance(exc, OSError):

@@ -24,7 +24,7 @@ from model.checkpoint import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME, load_state
 from service.engine import ModelLoadError
 from tests.support.constants import ROOT
 from tests.support.hub import LocalHub, checkpoint_files, fake_commit, offline_env, offline_in_process
-from tests.support.servers import app_client, serving
+from tests.support.servers import app_client, free_port, serving
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -172,3 +172,15 @@ def test_a_private_repo_needs_hf_token(hub: LocalHub, tmp_path: Path) -> None:
     allowed = cli(args, online_env(tmp_path / "with", hub, token=TOKEN))
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)[0]["source"]["repo"] == "org/private"
+
+
+@pytest.mark.slow  # huggingface_hub's own retries: about 25 s per file before it gives up
+def test_an_unreachable_hub_with_nothing_cached_is_one_line(tmp_path: Path) -> None:
+    """Connection refused (nothing listens at HF_ENDPOINT): huggingface_hub retries, warning each time; the service
+    holds those warnings back and prints only its one line, with the command that fetches the files."""
+    env = {**offline_env(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    result = cli(["info", "--device", "cpu", "--model-path", "org/pipeline", "--model-subfolder", "vqvae"], env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot be reached; fetch it where the Hub is reachable" in line
+    assert "hf download org/pipeline --include 'vqvae/config.json'" in line
