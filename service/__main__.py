@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         default = field.get_default(call_default_factory=True)
         help_text = f"env {env}; default {default!r}"
         if name == "model_path":  # None means the shipped checkpoint, unless --models names the models
-            help_text = f"env {env}; default the shipped checkpoint ({default_model_path()}) unless --models is set"
+            help_text = (
+                f"env {env}; a checkpoint directory, or a Hugging Face Hub repo id org/name[@revision] (a local "
+                f"directory of that name wins); default the shipped checkpoint ({default_model_path()}) unless "
+                "--models is set"
+            )
         annotation = field.annotation
         origin = typing.get_origin(annotation)
         if annotation is bool:
@@ -163,14 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     configure_logging(settings.log_level)
-    for spec in settings.model_specs():  # before uvicorn starts: a clear line and exit 2, not a lifespan traceback
-        try:
-            check_checkpoint(spec)
-        except ModelLoadError as exc:
-            logger.error("%s", exc)
-            return 2
+    # before uvicorn starts: a clear line and exit 2, not a lifespan traceback. Building the app resolves where each
+    # model's checkpoint is (a Hub repo id is fetched, or found in the cache, then)
+    try:
+        app = create_app(settings)
+        for engine in app.state.services.engines.values():
+            check_checkpoint(engine.spec)
+    except ModelLoadError as exc:
+        logger.error("%s", exc)
+        return 2
     fit_open_files(settings.max_connections)
-    app = create_app(settings)
     server = GracefulServer(uvicorn_config(app, settings), app.state.services, settings.shutdown_delay_s)
     server.run()
     return 0 if server.started else 3

@@ -244,9 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--model-path",
         type=Path,
-        help="run in-process on this checkpoint instead of a server",
+        help="run in-process on this checkpoint instead of a server: a directory, or a Hugging Face Hub repo id "
+        "org/name[@revision] (fetched into huggingface_hub's cache; a local directory of that name wins)",
     )
-    where.add_argument("--model-subfolder", help="subfolder of --model-path (e.g. vqvae, movq)")
+    where.add_argument("--model-subfolder", help="subfolder of --model-path or of the repo (e.g. vqvae, movq)")
     where.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N")
     where.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
 

@@ -26,6 +26,7 @@ from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, enc
 from .batching import Cost
 from .facts import ModelFacts
 from .memory import release_free_memory
+from .model_source import ModelSourceError, resolve
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
 from .settings import ModelSpec, Settings, default_model_path
 
@@ -78,7 +79,12 @@ class Engine:
     """One loaded model and the thread that runs it."""
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
-        self.spec = spec
+        # where the checkpoint is: a Hub repo id is fetched (or found in the cache) here, before anything loads, so
+        # that a bad id fails `create_app` (and `python -m service` exits 2 with one line) rather than the lifespan
+        try:
+            self.spec, self.source = resolve(spec)
+        except ModelSourceError as exc:
+            raise ModelLoadError(str(exc)) from None
         self.name = spec.name
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
@@ -126,7 +132,9 @@ class Engine:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
-        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."), colors)
+        self.facts = ModelFacts(
+            self.name, model.config, str(device), str(dtype).removeprefix("torch."), self.source, colors
+        )
         logger.info(
             "model %s loaded from %s on %s as %s in %.2fs",
             self.name,

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from .facts import ModelFacts
+from .facts import HubSource, LocalSource, ModelFacts
 
 
 class ErrorDetail(BaseModel):
@@ -38,6 +38,10 @@ class ModelInfo(BaseModel):
     vq_embed_dim: int
     device: str
     dtype: str
+    source: LocalSource | HubSource = Field(
+        description="where the checkpoint came from: a local directory (`path`, `subfolder`), or a Hugging Face "
+        "Hub repo (`repo`, `revision`: the commit served, `ref`: the revision asked for, `subfolder`)"
+    )
 
     @classmethod
     def of(cls, facts: ModelFacts) -> ModelInfo:
@@ -52,6 +56,7 @@ class ModelInfo(BaseModel):
             vq_embed_dim=config.embed_dim,
             device=facts.device,
             dtype=facts.dtype,
+            source=facts.source,
         )
 
 

@@ -2,7 +2,8 @@
 
 Every field is an environment variable with the `VQSERVE_` prefix (`max_queue` -> `VQSERVE_MAX_QUEUE`) and a flag
 of `python -m service` (`--max-queue`). Invalid values fail at startup with a message naming the setting; nothing
-else in the service reads the environment.
+else in the service reads the environment, except huggingface_hub, which reads its own `HF_*` variables (cache,
+offline mode, token, endpoint) when a model path is a Hub repo id (`service/model_source.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to serve: its public name and where its checkpoint lives."""
+    """One model to serve: its public name and where its checkpoint lives.
+
+    `path` is a checkpoint directory, or a Hugging Face Hub repo id `org/name[@revision]` where no such path exists;
+    the engine resolves it (`service/model_source.py`) to the cached snapshot before loading."""
 
     name: str
     path: Path
@@ -57,7 +61,8 @@ class Settings(BaseSettings):
     # network
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
-    # models: `model_path` (+ `model_subfolder`) serves one model; `models` ("name=path,...") serves several
+    # models: `model_path` (+ `model_subfolder`) serves one model; `models` ("name=path,...") serves several. A path
+    # may be a Hugging Face Hub repo id, org/name[@revision] (service/model_source.py)
     model_path: Path | None = None
     model_subfolder: str | None = None
     model_name: str = "default"  # the public name of the single `model_path` model

@@ -18,7 +18,7 @@ import yaml
 from tests.deploy.conftest import K8S, load_yaml
 
 OVERLAYS = ("cpu", "gpu")
-COMPONENTS = ("weights-pvc", "weights-init")
+COMPONENTS = ("weights-pvc", "weights-init")  # hub-cache and hub-offline: their own test
 # the oldest Kubernetes minor the manifests promise to work on, and the newest the validator knows
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CUSTOM_KINDS = {
@@ -189,18 +189,24 @@ def test_overlay_specifics(overlay: tuple[str, dict[str, dict[str, Any]]]) -> No
         assert "nodeSelector" not in pod
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
-def test_weights_components_render_and_mount_models(component: str, tmp_path: Path) -> None:
-    """Kustomize only renders a component through an overlay: build one in a copy of the tree."""
+def _overlay_with(tmp_path: Path, base: str, *components: str) -> list[dict[str, Any]]:
+    """Render `base` (an overlay) with `components`, from an overlay written into a copy of the tree."""
     tree = tmp_path / "k8s"
     shutil.copytree(K8S, tree)
-    overlay = tree / "overlays" / "with-weights"
+    overlay = tree / "overlays" / "with-components"
     overlay.mkdir()
+    listed = ", ".join(f"../../components/{component}" for component in components)
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [../gpu]\ncomponents: [../../components/{component}]\n"
+        f"resources: [../{base}]\ncomponents: [{listed}]\n"
     )
-    docs = _render(overlay)
+    return _render(overlay)
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_weights_components_render_and_mount_models(component: str, tmp_path: Path) -> None:
+    """Kustomize only renders a component through an overlay: `_overlay_with` builds one in a copy of the tree."""
+    docs = _overlay_with(tmp_path, "gpu", component)
     _validate(docs)
     kinds = {doc["kind"]: doc for doc in docs}
     assert kinds["ConfigMap"]["data"]["VQSERVE_MODEL_PATH"].startswith("/models/")
@@ -213,6 +219,42 @@ def test_weights_components_render_and_mount_models(component: str, tmp_path: Pa
         init = pod["initContainers"][0]
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
         assert {m["mountPath"] for m in init["volumeMounts"]} == {"/models"}
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["fetching", "air-gapped"])
+def test_hub_cache_component_serves_a_repo_id_from_the_model_volume(offline: bool, tmp_path: Path) -> None:
+    """`hub-cache`: a Hub repo id, its cache (HF_HOME) on a claim mounted at /models, HTTPS out to fetch it;
+    with `hub-offline` after it: HF_HUB_OFFLINE=1, the volume read-only and DNS the only egress again."""
+    from service.model_source import parse_hub_id
+
+    docs = _overlay_with(tmp_path, "cpu", "hub-cache", *(["hub-offline"] if offline else []))
+    _validate(docs)
+    kinds = _by_kind(docs)
+    env = _env(kinds)
+    assert parse_hub_id(env["VQSERVE_MODEL_PATH"]) == ("CompVis/ldm-celebahq-256", None)
+    assert env["VQSERVE_MODEL_SUBFOLDER"] == "vqvae"
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert env["HF_HOME"].startswith(mount["mountPath"] + "/")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "models"]
+    claim = kinds["PersistentVolumeClaim"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    token = {item["name"]: item for item in container["env"]}["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    egress_ports = {
+        (p["port"], p["protocol"]) for rule in kinds["NetworkPolicy"]["spec"]["egress"] for p in rule["ports"]
+    }
+    if offline:
+        assert env["HF_HUB_OFFLINE"] == "1"
+        assert mount["readOnly"] is True
+        assert egress_ports == {(53, "UDP"), (53, "TCP")}
+    else:
+        assert "HF_HUB_OFFLINE" not in env
+        assert not mount.get("readOnly", False), "huggingface_hub writes the cache (and its locks) on the volume"
+        assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
