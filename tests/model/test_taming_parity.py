@@ -21,6 +21,7 @@ from model.convert import taming_config
 from .reference import sample_images
 from .taming_reference import REAL_FAMILIES, TamingVQGAN, family, make_taming, save_ldm, save_taming
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ATOL = 1e-4
 SIDE = {"imagenet-f16-1024": 64, "imagenet-f16-16384": 64, "ldm-vq-f4": 48, "ldm-vq-f8": 64}
 
