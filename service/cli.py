@@ -251,15 +251,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-CONVERT_EPILOG = """The output directory (config.json + diffusion_pytorch_model.safetensors) loads with vqserve's and diffusers'
-VQModel.from_pretrained and serves with `vqserve serve --model-path DIR`. A directory holding just the .ckpt and the
-.yaml (no config.json) can also be served as it is: it is converted in memory at load.
+CONVERT_EPILOG = """\
+The output directory (config.json + diffusion_pytorch_model.safetensors) loads with vqserve's and
+diffusers' VQModel.from_pretrained and serves with `vqserve serve --model-path DIR`. A directory holding
+just the .ckpt and the .yaml (no config.json) can also be served as it is: it is converted in memory at load.
 
-The .ckpt is read with torch.load(weights_only=True): no code in it runs. Both taming's own configs (model.params
-with ddconfig, n_embed, embed_dim) and full latent-diffusion configs (model.params.first_stage_config; weights under
-first_stage_model.) are understood; loss, discriminator and EMA weights are dropped. What a VQModel cannot express
-(a Gumbel or EMA quantizer, remapped indices, linear attention, conv-less resampling, unknown fields) is refused,
-naming the YAML field.
+The .ckpt is read with torch.load(weights_only=True): no code in it runs (pickled Lightning bookkeeping loads
+as inert placeholders). Both taming's own configs (model.params with ddconfig, n_embed, embed_dim) and full
+latent-diffusion configs (model.params.first_stage_config; weights under first_stage_model.) are understood;
+loss, discriminator and EMA weights are dropped. What a VQModel cannot express (a Gumbel or EMA quantizer,
+remapped indices, linear attention, conv-less resampling, unknown fields) is refused, naming the YAML field.
 
 example: vqserve convert --format taming --checkpoint logs/vqgan_imagenet_f16_1024/checkpoints/last.ckpt \\
              --config logs/vqgan_imagenet_f16_1024/configs/model.yaml --out vqgan-imagenet-f16-1024

@@ -16,8 +16,7 @@ import yaml
 from model import CheckpointError, ConfigError, VQModel
 from model.checkpoint import has_checkpoint
 from model.convert import lightning_ckpt, taming, taming_config, taming_keys
-
-from .taming_reference import family, lightning_checkpoint, make_taming, save_lightning, save_taming, taming_yaml
+from tests.support.taming import family, lightning_checkpoint, make_taming, save_lightning, save_taming, taming_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 F4 = taming_yaml(family("ldm-vq-f4"))
@@ -57,13 +56,8 @@ def test_unexpressible_configs_are_refused_naming_the_field(path: str, value: An
 
 
 def test_full_ldm_config_with_a_kl_first_stage_is_refused() -> None:
-    data = {
-        "model": {
-            "params": {
-                "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": F4["model"]["params"]}
-            }
-        }
-    }
+    stage = {"target": "ldm.models.autoencoder.AutoencoderKL", "params": F4["model"]["params"]}
+    data = {"model": {"params": {"first_stage_config": stage}}}
     with pytest.raises(ConfigError, match="'model.params.first_stage_config.target'.*KL autoencoder"):
         taming_config.to_vqmodel_config(data)
 
@@ -88,14 +82,16 @@ def test_training_only_fields_and_no_op_values_are_accepted() -> None:
     data = edited("model.params.monitor", "val/rec_loss", data)
     data = edited("model.params.ddconfig.attn_resolutions", [7], data)  # at no level: taming builds none either
     config = taming_config.to_vqmodel_config(data)
-    assert set(config.down_block_types) == {"DownEncoderBlock2D"} and config.mid_block_add_attention
+    assert set(config.down_block_types) == {"DownEncoderBlock2D"}
+    assert config.mid_block_add_attention
 
 
 def test_attn_type_none_drops_every_attention() -> None:
     """latent-diffusion's `attn_type: none` makes every attention, the mid block's too, an Identity."""
     data = edited("model.params.ddconfig.attn_resolutions", [64])
     config = taming_config.to_vqmodel_config(edited("model.params.ddconfig.attn_type", "none", data))
-    assert not config.mid_block_add_attention and set(config.down_block_types) == {"DownEncoderBlock2D"}
+    assert not config.mid_block_add_attention
+    assert set(config.down_block_types) == {"DownEncoderBlock2D"}
 
 
 def test_encoder_and_decoder_attention_levels_follow_taming_when_resolution_is_odd() -> None:
@@ -165,7 +161,8 @@ def test_lightning_bookkeeping_loads_as_placeholders(tmp_path: Path) -> None:
     assert isinstance(loaded["hyper_parameters"], lightning_ckpt.Placeholder)
     (callback_class,) = loaded["callbacks"]
     assert issubclass(callback_class, lightning_ckpt.Placeholder)
-    assert loaded["global_step"] == 1200 and len(lightning_ckpt.state_dict_of(loaded, ckpt)) > 0
+    assert loaded["global_step"] == 1200
+    assert len(lightning_ckpt.state_dict_of(loaded, ckpt)) > 0
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
@@ -211,7 +208,8 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path: Path) -> None:
 
 
 def test_pair_discovery(tmp_path: Path) -> None:
-    assert taming.find_pair(tmp_path) is None and not has_checkpoint(tmp_path)
+    assert taming.find_pair(tmp_path) is None
+    assert not has_checkpoint(tmp_path)
     (tmp_path / "last.ckpt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"exactly one .ckpt and one .yaml.*\['last.ckpt'\] and \[\]"):
         has_checkpoint(tmp_path)

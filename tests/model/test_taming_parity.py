@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from model import VQModel
 from model.convert import taming_config
+from tests.support.taming import REAL_FAMILIES, TamingVQGAN, family, make_taming, save_ldm, save_taming
 
 from .reference import sample_images
-from .taming_reference import REAL_FAMILIES, TamingVQGAN, family, make_taming, save_ldm, save_taming
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ATOL = 1e-4
@@ -97,7 +97,9 @@ def test_config_mapping_of_the_real_imagenet_f16() -> None:
     assert config.up_block_types == ("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4
     assert (config.layers_per_block, config.latent_channels, config.vq_embed_dim) == (2, 256, 256)
     assert (config.num_vq_embeddings, config.sample_size, config.norm_num_groups) == (16384, 256, 32)
-    assert config.mid_block_add_attention and config.scaling_factor == 1.0 and config.act_fn == "silu"
+    assert config.mid_block_add_attention
+    assert config.scaling_factor == 1.0
+    assert config.act_fn == "silu"
 
 
 @torch.no_grad()
@@ -138,7 +140,8 @@ def test_cli_convert_writes_what_diffusers_loads(tmp_path: Path) -> None:
         timeout=240,
         check=False,
     )
-    assert again.returncode == 2 and "not an empty directory" in again.stderr
+    assert again.returncode == 2
+    assert "not an empty directory" in again.stderr
 
 
 def test_cli_convert_help_describes_it() -> None:

@@ -23,7 +23,8 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
-from .reference import sample_images
+from model.pixels import from_uint8
+from tests.support.images import random_rgb
 
 # The real configs (taming's vqgan_imagenet_f16_1024 / _16384 model.yaml, latent-diffusion's
 # models/first_stage_models/vq-f4 and vq-f8 config.yaml) with the widths divided: ch 128 -> 32, codebooks and
@@ -83,6 +84,12 @@ class TamingVQGAN(nn.Module):
         return self.decoder(self.post_quant_conv(quant))
 
 
+def rgb_batch(batch: int, side: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random RGB images (B, 3, side, side) in [-1, 1], normalised as the service does."""
+    images = [torch.from_numpy(random_rgb(side, side, seed=seed + i)).permute(2, 0, 1) for i in range(batch)]
+    return from_uint8(torch.stack(images))
+
+
 @torch.no_grad()
 def make_taming(family: dict[str, Any], seed: int = 0) -> TamingVQGAN:
     """Random weights that make index parity meaningful: norms perturbed from (1, 0), the codebook drawn from the
@@ -94,7 +101,7 @@ def make_taming(family: dict[str, Any], seed: int = 0) -> TamingVQGAN:
             module.weight.copy_(1 + 0.2 * torch.randn_like(module.weight))
             module.bias.copy_(0.1 * torch.randn_like(module.bias))
     f = 2 ** (len(family["ddconfig"]["ch_mult"]) - 1)
-    latents = model.quant_conv(model.encoder(sample_images(2, 3, 8 * f, 8 * f, seed=seed + 1)))
+    latents = model.quant_conv(model.encoder(rgb_batch(2, 8 * f, seed=seed + 1)))
     vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     codebook = model.quantize.embedding.weight
     picks = torch.randint(0, vectors.shape[0], (codebook.shape[0],))
