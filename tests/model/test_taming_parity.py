@@ -6,6 +6,7 @@ and compared with taming's forward pass: latents, every index, decoded images; t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,7 @@ def test_cli_convert_writes_what_diffusers_loads(tmp_path: Path) -> None:
         text=True,
         timeout=240,
         check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread, as the tests in this process run
     )
     assert result.returncode == 0, result.stderr
     assert "a 256x256 image encodes to 16x16 indices, latents (16, 16, 16)" in result.stdout
@@ -139,6 +141,7 @@ def test_cli_convert_writes_what_diffusers_loads(tmp_path: Path) -> None:
         text=True,
         timeout=240,
         check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread, as the tests in this process run
     )
     assert again.returncode == 2
     assert "not an empty directory" in again.stderr
