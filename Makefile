@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# taming-transformers' reference modules for the parity tests, without its Lightning / torchvision pins
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt taming-transformers-rom1504
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -3,6 +3,9 @@
 A checkpoint is a directory (optionally a `subfolder` of it) holding `config.json` and the weights as
 `diffusion_pytorch_model.safetensors` (preferred) or `diffusion_pytorch_model.bin`. `.bin` files are read with
 `torch.load(weights_only=True)`: no pickle code ever runs. Legacy attention names are renamed on load.
+
+A directory without `config.json` that holds one taming-transformers / latent-diffusion `.ckpt` and one `.yaml`
+is read as well, converted in memory (`model.convert.taming`): every loader, the service included, serves it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, VQModelConfig
+from .convert import taming
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
@@ -36,12 +40,27 @@ def resolve_dir(path: str | Path, subfolder: str | None = None) -> Path:
     directory = root / subfolder if subfolder else root
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    if not (directory / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+    if not has_checkpoint(directory):
+        raise CheckpointError(
+            f"{directory} has no {CONFIG_NAME} (nor one taming-transformers .ckpt with its .yaml config)"
+        )
     return directory
 
 
+def taming_pair(directory: Path) -> tuple[Path, Path] | None:
+    """The (ckpt, yaml) pair a directory without `config.json` is served from; None for diffusers' format."""
+    return None if (directory / CONFIG_NAME).is_file() else taming.find_pair(directory)
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Whether `directory` holds a checkpoint this module reads: `config.json`, or a taming `.ckpt` + `.yaml`."""
+    return (directory / CONFIG_NAME).is_file() or (directory.is_dir() and taming.find_pair(directory) is not None)
+
+
 def load_config(directory: Path) -> VQModelConfig:
+    pair = taming_pair(directory)
+    if pair is not None:
+        return taming.load_config(pair[1])
     return VQModelConfig.from_json_file(directory / CONFIG_NAME)
 
 
@@ -59,7 +78,10 @@ def rename_legacy_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint directory, safetensors first, else a weights-only `.bin`."""
+    """The weights of a checkpoint directory, safetensors first, else a weights-only `.bin` (or a taming pair's)."""
+    pair = taming_pair(directory)
+    if pair is not None:
+        return taming.load(*pair)[1]
     safetensors_path = directory / SAFETENSORS_NAME
     bin_path = directory / BIN_NAME
     if safetensors_path.is_file():
@@ -95,4 +117,12 @@ def save(directory: str | Path, config: VQModelConfig, state_dict: dict[str, tor
     return out
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_config", "load_state_dict", "resolve_dir", "save"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "has_checkpoint",
+    "load_config",
+    "load_state_dict",
+    "resolve_dir",
+    "save",
+]

@@ -17,6 +17,7 @@ from . import checkpoint
 from . import tiling as tiled
 from .autoencoder import Decoder, Encoder
 from .config import VQModelConfig
+from .convert import taming
 from .layers import Upsample
 from .quantizer import VectorQuantizer
 from .tiling import TileConfig
@@ -134,14 +135,29 @@ class VQModel(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> VQModel:
-        """Load a diffusers-format directory (`config.json` + weights) with strict key checking."""
+        """Load a diffusers-format directory (`config.json` + weights) with strict key checking.
+
+        A directory holding a taming-transformers / latent-diffusion `.ckpt` + `.yaml` instead is converted in
+        memory (`model.checkpoint`)."""
         directory = checkpoint.resolve_dir(path, subfolder)
-        model = cls(checkpoint.load_config(directory))
-        state = checkpoint.load_state_dict(directory)
-        checkpoint.check_keys(set(model.state_dict()), set(state))
-        model.load_state_dict(state, strict=True)
-        model.eval().requires_grad_(False)
+        model = cls._from_state(checkpoint.load_config(directory), checkpoint.load_state_dict(directory))
         return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_taming(cls, checkpoint_path: str | Path, config_path: str | Path) -> VQModel:
+        """Load a taming-transformers / latent-diffusion `.ckpt` with its `.yaml` (`model.convert.taming`)."""
+        return cls._from_state(*taming.load(Path(checkpoint_path), Path(config_path)))
+
+    @classmethod
+    def _from_state(cls, config: VQModelConfig, state: dict[str, torch.Tensor]) -> VQModel:
+        """A model in eval mode holding exactly `state` (every key, every shape, or `CheckpointError`)."""
+        model = cls(config)
+        checkpoint.check_keys(set(model.state_dict()), set(state))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # shapes that do not fit the config
+            raise checkpoint.CheckpointError(f"checkpoint weights do not fit its config: {exc}") from exc
+        return model.eval().requires_grad_(False)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the checkpoint that diffusers' `VQModel.from_pretrained` loads."""

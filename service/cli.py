@@ -1,9 +1,9 @@
-"""The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, info.
+"""The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, info, convert.
 
 Every command but `serve` runs against a server (`--url`, through `service.client`) or in-process without one
 (`--model-path`: the model is loaded here into the server's own `Engine`, and inputs are read and checked by
 the same code the server uses, so both ways give the same indices). Work on many files runs concurrently with a
-progress bar on stderr; results go to files, summaries to stdout.
+progress bar on stderr; results go to files, summaries to stdout. `convert` runs here, on files only.
 """
 
 from __future__ import annotations
@@ -226,6 +226,47 @@ def cmd_info(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """A taming-transformers / latent-diffusion `.ckpt` + `.yaml` -> a diffusers-format directory."""
+    from model import CheckpointError, ConfigError, VQModel
+
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"error: {out} exists and is not an empty directory", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        model = VQModel.from_taming(args.checkpoint, args.config)
+    except (CheckpointError, ConfigError, OSError, ValueError) as exc:
+        print(f"error: cannot convert {args.checkpoint} with {args.config}: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    model.save_pretrained(out)
+    config = model.config
+    side = config.sample_size // config.downsample_factor
+    print(  # noqa: T201
+        f"converted {args.checkpoint} -> {out}: {len(config.block_out_channels)} levels "
+        f"(downsample factor {config.downsample_factor}), {config.num_vq_embeddings} codes of width "
+        f"{config.embed_dim}; a {config.sample_size}x{config.sample_size} image encodes to {side}x{side} indices, "
+        f"latents ({config.embed_dim}, {side}, {side})"
+    )
+    return 0
+
+
+CONVERT_EPILOG = """\
+The output directory (config.json + diffusion_pytorch_model.safetensors) loads with vqserve's and
+diffusers' VQModel.from_pretrained and serves with `vqserve serve --model-path DIR`. A directory holding
+just the .ckpt and the .yaml (no config.json) can also be served as it is: it is converted in memory at load.
+
+The .ckpt is read with torch.load(weights_only=True): no code in it runs (pickled Lightning bookkeeping loads
+as inert placeholders). Both taming's own configs (model.params with ddconfig, n_embed, embed_dim) and full
+latent-diffusion configs (model.params.first_stage_config; weights under first_stage_model.) are understood;
+loss, discriminator and EMA weights are dropped. What a VQModel cannot express (a Gumbel or EMA quantizer,
+remapped indices, linear attention, conv-less resampling, unknown fields) is refused, naming the YAML field.
+
+example: vqserve convert --format taming --checkpoint logs/vqgan_imagenet_f16_1024/checkpoints/last.ckpt \\
+             --config logs/vqgan_imagenet_f16_1024/configs/model.yaml --out vqgan-imagenet-f16-1024
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqserve", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="what the model is: config, codebook size, downsample factor",
     )
+    conv = sub.add_parser(
+        "convert",
+        help="a taming-transformers / latent-diffusion .ckpt + .yaml -> a diffusers-format checkpoint directory",
+        description="Convert a taming-transformers or latent-diffusion VQGAN checkpoint into a diffusers-format "
+        "VQModel directory.",
+        epilog=CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("--format", required=True, choices=["taming"], help="the checkpoint's format")
+    conv.add_argument("--checkpoint", type=Path, required=True, help="the .ckpt (a Lightning or bare state dict)")
+    conv.add_argument("--config", type=Path, required=True, help="its .yaml (taming's model.yaml or an LDM config)")
+    conv.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
     return parser
 
 
@@ -293,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        return cmd_convert(args)
     if args.model_path is not None:
         from .engine import ModelLoadError
 

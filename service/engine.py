@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model import VQModel
+from model import ConfigError, VQModel
+from model.checkpoint import has_checkpoint
 from model.device import DeviceError, resolve_device
 from model.pixels import to_uint8, to_unit_range
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
@@ -44,11 +45,16 @@ def check_checkpoint(spec: ModelSpec) -> None:
     """Refuse a model path without a checkpoint with a message naming the path and the settings to change.
 
     `python -m service` calls it before starting (exit 2, no traceback); loading calls it for app users."""
-    if not (spec.directory / "config.json").is_file():
+    try:
+        found = has_checkpoint(spec.directory)
+    except ConfigError as exc:  # e.g. two .ckpt files: which one is meant
+        raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
+    if not found:
         shipped = spec.path.resolve() == default_model_path().resolve()
         raise ModelLoadError(
             f"model {spec.name!r}: no checkpoint at {spec.directory} (config.json missing). Point VQSERVE_MODEL_PATH "
-            f"/ --model-path (or VQSERVE_MODELS=name=path) at a diffusers-format VQModel directory"
+            f"/ --model-path (or VQSERVE_MODELS=name=path) at a diffusers-format VQModel directory, or at one "
+            f"holding a taming-transformers .ckpt and its .yaml"
             + (", or train the default one with `make train`" if shipped else "")
         )
 
