@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from . import metrics
 from .error_handlers import install_handlers
+from .ops import Op
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
 from .routes import health, inference, models, oip, remote, web
 from .routes.openapi import install_schema
@@ -62,6 +63,22 @@ async def release_memory_when_idle(services: Services, work_ended: asyncio.Event
         logger.debug("memory trimmed after work", extra={"trim_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
+def report_threads(services: Services) -> None:
+    """The thread plan in the startup log and in `vqserve_cpu_threads`: the first thing to check on a slow pod."""
+    plan = services.threads
+    metrics.CPU_THREADS.labels("torch").set(plan.torch)
+    metrics.CPU_THREADS.labels("codec").set(plan.codec)
+    logger.info(
+        "%d CPUs available (bounded by %s): %d torch threads, %d codec threads, batches of up to %d",
+        plan.cpus.count,
+        plan.cpus.source,
+        plan.torch,
+        plan.codec,
+        services.max_batch_size,
+        extra={"cpus": plan.cpus.count, "torch_threads": plan.torch, "codec_threads": plan.codec},
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
@@ -70,12 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        report_threads(services)
         for engine in services.engines.values():
             facts = await asyncio.to_thread(engine.load)
             config = facts.config
             metrics.MODEL_INFO.labels(
                 facts.name, facts.device, facts.dtype, str(config.codebook_size), str(config.downsample_factor)
             ).set(1)
+            metrics.create_series(facts.name, list(Op))
         metrics.MEMORY_BUDGET.set(services.batcher.policy.max_batch_bytes)
         services.batcher.start()
         trimmer = asyncio.create_task(release_memory_when_idle(services, work_ended, trim)) if trim else None
