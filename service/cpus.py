@@ -100,11 +100,14 @@ def affinity_cpus() -> int | None:
 
 
 def available_cpus(
-    cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP, affinity: int | None = None
+    cgroup_root: Path = CGROUP_ROOT,
+    proc_cgroup: Path = PROC_CGROUP,
+    affinity: int | None = None,
+    host: int | None = None,
 ) -> CpuBudget:
-    """The fewest of the quota (rounded down, at least 1), the affinity mask and the host's CPUs."""
-    host = os.cpu_count() or 1
-    candidates = [(host, "host")]
+    """The fewest of the quota (rounded down, at least 1), the affinity mask and the host's CPUs (both read from
+    this process unless given)."""
+    candidates = [(host or os.cpu_count() or 1, "host")]
     mask = affinity if affinity is not None else affinity_cpus()
     if mask:
         candidates.append((mask, "affinity"))
