@@ -90,5 +90,8 @@ def test_vqserve_is_hardened_and_drains(compose: dict[str, Any]) -> None:
         assert service["stop_signal"] == "SIGTERM"
         grace = int(service["stop_grace_period"].rstrip("s"))
         assert grace > float(service["environment"]["VQSERVE_GRACEFUL_TIMEOUT_S"])
-        assert "/healthz" in " ".join(service["healthcheck"]["test"])
+        # "healthy" means ready (models loaded and warmed), not merely alive
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        # the service binds 127.0.0.1 unless told; the published port must reach it
+        assert service["environment"]["VQSERVE_HOST"] == "0.0.0.0"
         assert any(volume.endswith(":/models:ro") for volume in service["volumes"])
