@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import metrics
@@ -29,6 +30,7 @@ from .settings import Settings
 
 logger = logging.getLogger("vqserve")
 
+DOCS_ASSETS_URL = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles, from the fastapi-offline package
 IDLE_BEFORE_TRIM_S = 0.5  # no inference request ended and nothing queued or computing for this long: trim
 
 
@@ -116,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.codec_pool.shutdown(wait=False, cancel_futures=True)
             logger.info("stopped")
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the package (fastapi-offline), not from a CDN: they
+    # work offline and behind egress-less firewalls, and the web page's "API docs" link with them
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="vqserve",
         version="0.1.0",
         summary="Serve diffusers-compatible VQModel autoencoders: images <-> codebook indices.",
@@ -143,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "retry-after"],
+            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "image_size", "retry-after"],
         )
     app.add_middleware(RequestContextMiddleware, on_inference_end=work_ended.set)
     install_schema(app, inference.OPENAPI_MODELS)
