@@ -106,10 +106,10 @@ def test_indices_outside_the_codebook_are_422_on_every_route(client: TestClient)
 
 
 def test_binary_encode_reply_carries_image_sizes(client: TestClient) -> None:
-    """33x17 and 34x18 pad to the same 9x5 code grid: only the header tells them apart."""
+    """33x17 and 34x18 pad to the same 17x9 code grid (f = 2): only the header tells them apart."""
     files = [("image", ("a.png", png(33, 17, seed=1), "image/png")), ("image", ("b.png", png(34, 18), "image/png"))]
     reply = client.post("/encode", files=files, headers={"accept": "application/octet-stream"})
-    assert json.loads(reply.headers["shape"]) == [2, 9, 5]
+    assert json.loads(reply.headers["shape"]) == [2, 17, 9]
     assert json.loads(reply.headers["image_size"]) == [[33, 17], [34, 18]]
     one = client.post("/encode", content=png(33, 17), headers={**PNG, "accept": "application/octet-stream"})
     assert json.loads(one.headers["image_size"]) == [[33, 17]]
