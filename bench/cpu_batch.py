@@ -47,7 +47,9 @@ def main() -> None:
     torch.set_num_threads(threads)
     model = VQModel.from_pretrained(args.checkpoint, device="cpu").eval().optimize_for_inference()
     generator = torch.Generator().manual_seed(0)
-    inputs = {b: torch.rand(b, model.config.in_channels, args.side, args.side, generator=generator) * 2 - 1 for b in BATCHES}
+    inputs = {
+        b: torch.rand(b, model.config.in_channels, args.side, args.side, generator=generator) * 2 - 1 for b in BATCHES
+    }
     for b in BATCHES:  # warm-up, not timed
         per_image_ms(model, inputs[b])
     times: dict[int, list[float]] = {b: [] for b in BATCHES}

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from . import metrics
 from .error_handlers import install_handlers
-from .ops import Op
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
+from .ops import Op
 from .routes import health, inference, models, oip, remote, web
 from .routes.openapi import install_schema
 from .runtime import Services

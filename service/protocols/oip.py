@@ -29,7 +29,7 @@ import orjson
 import torch
 from pydantic import ValidationError
 
-from ..errors import ServiceError, validation_message
+from ..errors import validation_message
 from ..facts import ModelFacts
 from ..inputs import check_count, check_decode_limits, decode_from_array, images_from_array, latent_factors
 from ..ops import Encoded, LatentDecode, Op

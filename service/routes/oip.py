@@ -48,7 +48,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown model or version",
         408: "The body did not arrive within VQSERVE_BODY_TIMEOUT_S",
         413: "Body, image or image count over the limits",
-        422: "Input that does not fit the model: indices outside the codebook, a shape it cannot take, non-finite latents",
+        422: "Input that does not fit the model: indices outside the codebook, a shape it cannot take, bad latents",
         429: "Queue full; retry after Retry-After seconds",
         500: "The batch failed",
         503: "Not ready or shutting down",

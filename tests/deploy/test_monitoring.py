@@ -101,7 +101,8 @@ def test_the_kubernetes_prometheus_rule_has_the_compose_alerts() -> None:
     assert rule["spec"]["groups"] == load_yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # the chart's default ruleSelector
     spec = importlib.util.spec_from_file_location("generate_rule", component / "generate.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     assert generate.render() == (component / "prometheusrule.yaml").read_text(), "run generate.py after alerts.yml"

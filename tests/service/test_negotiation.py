@@ -58,9 +58,10 @@ def test_reconstruct_answers_json_when_asked(client: TestClient) -> None:
     assert body["psnr"] == pytest.approx(float(as_png.headers["x-psnr"]), abs=1e-3)
     assert float(reply.headers["x-psnr"]) == pytest.approx(body["psnr"], abs=1e-3)
     # */* is the default (a PNG); a type that cannot be offered is 406, not a PNG anyway
-    assert client.post("/reconstruct", content=data, headers={**PNG, "accept": "*/*"}).headers[
-        "content-type"
-    ] == "image/png"
+    assert (
+        client.post("/reconstruct", content=data, headers={**PNG, "accept": "*/*"}).headers["content-type"]
+        == "image/png"
+    )
     refused = client.post("/reconstruct", content=data, headers={**PNG, "accept": "text/html"})
     assert refused.status_code == 406
     assert "application/json" in refused.json()["error"]["message"]
@@ -101,7 +102,9 @@ def test_indices_outside_the_codebook_are_422_on_every_route(client: TestClient)
     assert (as_json.status_code, binary.status_code, v2.status_code) == (422, 422, 422)
     assert "[0, 64)" in as_json.json()["error"]["message"]
     assert "[0, 64)" in v2.json()["error"]  # the protocol's own error shape
-    malformed = client.post("/v2/models/default/infer", content=b"{not json", headers={"content-type": "application/json"})
+    malformed = client.post(
+        "/v2/models/default/infer", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert malformed.status_code == 400  # not a v2 request at all: still the protocol's 400
 
 

@@ -15,7 +15,7 @@ from service.ops import Op
 from service.runtime import Services
 from service.settings import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE, Settings
 from tests.support.checkpoints import TINY_RGB, build_checkpoint
-from tests.support.servers import serving, stopping, start_checkpoint_server
+from tests.support.servers import serving, start_checkpoint_server, stopping
 
 pytestmark = pytest.mark.timeout(180)
 
