@@ -65,7 +65,7 @@ class Encoding:
     `decode(e)` crops back to `image_size`, so a 33x17 image decodes as 33x17, not as the padded 36x20."""
 
     indices: np.ndarray  # (h, w) int32
-    image_size: tuple[int, int]  # (H, W) of the input image, before padding to the downsample factor
+    image_size: tuple[int, int] | None  # (H, W) of the input before padding (None: a server without the header)
     latents: np.ndarray | None = None  # (D, h, w) float32 before quantization, with return_latents=True
 
     @property
@@ -234,8 +234,10 @@ class _Base:
             # images of different sizes cannot form one (B, h, w) tensor: fall back to JSON
             response = yield self._encode_call(batch, model, False, return_latents)
         if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            sizes = json.loads(response.headers["image_size"])  # [[H, W], ...] per image
-            results = [Encoding(idx, (h, w)) for idx, (h, w) in zip(read_tensor(response), sizes, strict=True)]
+            indices = list(read_tensor(response))
+            header = response.headers.get("image_size")  # [[H, W], ...] per image
+            sizes = [(int(h), int(w)) for h, w in json.loads(header)] if header else [None] * len(indices)
+            results = [Encoding(idx, size) for idx, size in zip(indices, sizes, strict=True)]
         else:
             body = response.json()
             results = [_encoding(r) for r in body.get("results", [body])]
