@@ -17,10 +17,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from . import metrics
 from .error_handlers import install_handlers
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
+from .ops import Op
 from .routes import health, inference, models, oip, remote, web
 from .routes.openapi import install_schema
 from .runtime import Services
@@ -28,6 +30,7 @@ from .settings import Settings
 
 logger = logging.getLogger("vqserve")
 
+DOCS_ASSETS_URL = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles, from the fastapi-offline package
 IDLE_BEFORE_TRIM_S = 0.5  # no inference request ended and nothing queued or computing for this long: trim
 
 
@@ -62,6 +65,22 @@ async def release_memory_when_idle(services: Services, work_ended: asyncio.Event
         logger.debug("memory trimmed after work", extra={"trim_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
+def report_threads(services: Services) -> None:
+    """The thread plan in the startup log and in `vqserve_cpu_threads`: the first thing to check on a slow pod."""
+    plan = services.threads
+    metrics.CPU_THREADS.labels("torch").set(plan.torch)
+    metrics.CPU_THREADS.labels("codec").set(plan.codec)
+    logger.info(
+        "%d CPUs available (bounded by %s): %d torch threads, %d codec threads, batches of up to %d",
+        plan.cpus.count,
+        plan.cpus.source,
+        plan.torch,
+        plan.codec,
+        services.max_batch_size,
+        extra={"cpus": plan.cpus.count, "torch_threads": plan.torch, "codec_threads": plan.codec},
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
@@ -70,12 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        report_threads(services)
         for engine in services.engines.values():
             facts = await asyncio.to_thread(engine.load)
             config = facts.config
             metrics.MODEL_INFO.labels(
                 facts.name, facts.device, facts.dtype, str(config.codebook_size), str(config.downsample_factor)
             ).set(1)
+            metrics.create_series(facts.name, list(Op))
         metrics.MEMORY_BUDGET.set(services.batcher.policy.max_batch_bytes)
         services.batcher.start()
         trimmer = asyncio.create_task(release_memory_when_idle(services, work_ended, trim)) if trim else None
@@ -97,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.codec_pool.shutdown(wait=False, cancel_futures=True)
             logger.info("stopped")
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the package (fastapi-offline), not from a CDN: they
+    # work offline and behind egress-less firewalls, and the web page's "API docs" link with them
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="vqserve",
         version="0.1.0",
         summary="Serve diffusers-compatible VQModel autoencoders: images <-> codebook indices.",
@@ -124,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "retry-after"],
+            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "image_size", "retry-after"],
         )
     app.add_middleware(RequestContextMiddleware, on_inference_end=work_ended.set)
     install_schema(app, inference.OPENAPI_MODELS)

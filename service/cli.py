@@ -49,8 +49,8 @@ class RemoteBackend:
 
     def encode(self, data: bytes) -> np.ndarray:
         result = self.client.encode(data, model=self.model)
-        assert isinstance(result, np.ndarray)
-        return result
+        assert not isinstance(result, list)
+        return result.indices
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         return self.client.decode(indices, model=self.model)

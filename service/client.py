@@ -11,6 +11,7 @@ client machine needs only httpx, numpy and Pillow.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import inspect
 import io
@@ -54,6 +55,25 @@ class VQServeError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """What `encode` returns per image: the index map, the image's size before padding, the latents on request.
+
+    It converts to its indices wherever numpy expects an array (`np.asarray(e)`, `np.stack([e1, e2])`), and
+    `decode(e)` crops back to `image_size`, so a 33x17 image decodes as 33x17, not as the padded 36x20."""
+
+    indices: np.ndarray  # (h, w) int32
+    image_size: tuple[int, int] | None  # (H, W) of the input before padding (None: a server without the header)
+    latents: np.ndarray | None = None  # (D, h, w) float32 before quantization, with return_latents=True
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.indices.shape)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self.indices if dtype is None else self.indices.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -195,48 +215,57 @@ class _Base:
         return response.status_code == 200
 
     def _encode(
-        self, images: ImageLike | Sequence[ImageLike], *, model: str | None = None, binary: bool = True
-    ) -> _Flow[np.ndarray | list[np.ndarray]]:
-        """Image(s) -> int32 index map(s) (h, w); a list in request order when several were given."""
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        model: str | None = None,
+        binary: bool = True,
+        return_latents: bool = False,
+    ) -> _Flow[Encoding | list[Encoding]]:
+        """Image(s) -> `Encoding` (int32 `indices` (h, w), `image_size`, `latents` with `return_latents=True`); a
+        list in request order when several were given."""
         batch, single = _as_batch(images)
+        binary = binary and not return_latents  # latents come only in the JSON reply
         try:
-            response = yield self._encode_call(batch, model, binary)
+            response = yield self._encode_call(batch, model, binary, return_latents)
         except VQServeError as exc:
             if not (binary and exc.status == 406):
                 raise
             # images of different sizes cannot form one (B, h, w) tensor: fall back to JSON
-            response = yield self._encode_call(batch, model, False)
+            response = yield self._encode_call(batch, model, False, return_latents)
         if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            results = list(read_tensor(response))
+            indices = list(read_tensor(response))
+            header = response.headers.get("image_size")  # [[H, W], ...] per image
+            sizes = [(int(h), int(w)) for h, w in json.loads(header)] if header else [None] * len(indices)
+            results = [Encoding(idx, size) for idx, size in zip(indices, sizes, strict=True)]
         else:
             body = response.json()
-            results = [np.asarray(r["indices"], dtype=np.int32) for r in body.get("results", [body])]
+            results = [_encoding(r) for r in body.get("results", [body])]
         return results[0] if single else results
 
-    def _encode_call(self, images: Sequence[ImageLike], model: str | None, binary: bool) -> _Call:
+    def _encode_call(self, images: Sequence[ImageLike], model: str | None, binary: bool, latents: bool) -> _Call:
         accept = "application/octet-stream" if binary else "application/json"
         files = [image_file_bytes(image) for image in images]
+        params = self._params(model, return_latents="true" if latents else None)
         if len(files) == 1:
-            return _Call(
-                "POST",
-                "/encode",
-                self._params(model),
-                {"Content-Type": "application/octet-stream", "Accept": accept},
-                content=files[0],
-            )
+            headers = {"Content-Type": "application/octet-stream", "Accept": accept}
+            return _Call("POST", "/encode", params, headers, content=files[0])
         parts = [("image", (f"{i}.img", data, "application/octet-stream")) for i, data in enumerate(files)]
-        return _Call("POST", "/encode", self._params(model), {"Accept": accept}, files=parts)
+        return _Call("POST", "/encode", params, {"Accept": accept}, files=parts)
 
     def _decode(
         self,
-        codes: np.ndarray,
+        codes: np.ndarray | Encoding,
         *,
         model: str | None = None,
         image_size: tuple[int, int] | None = None,
         force_not_quantize: bool = False,
         scaling_factor: float | None = None,
     ) -> _Flow[np.ndarray]:
-        """Indices (h, w) / (B, h, w) (integers) or latents (B, D, h, w) (floats) -> uint8 (B, H, W, C)."""
+        """Indices (h, w) / (B, h, w) (integers), latents (B, D, h, w) (floats) or an `Encoding` -> uint8
+        (B, H, W, C), cropped to `image_size` (an `Encoding`'s own by default: the original image's size)."""
+        if isinstance(codes, Encoding) and image_size is None:
+            image_size = codes.image_size
         array = np.asarray(codes)
         wire = _NUMPY_TO_WIRE.get(array.dtype)
         if wire is None:
@@ -310,6 +339,16 @@ class _Base:
             "content": call.content,
             "files": call.files,
         }
+
+
+def _encoding(result: dict[str, Any]) -> Encoding:
+    """One JSON encode result -> an `Encoding` (latents decoded from base64 float32 when present)."""
+    latents = None
+    if "latents" in result:
+        raw = base64.b64decode(result["latents"])
+        latents = np.frombuffer(raw, dtype="<f4").reshape(result["latents_shape"]).astype(np.float32)
+    height, width = result["image_size"]
+    return Encoding(np.asarray(result["indices"], dtype=np.int32), (int(height), int(width)), latents)
 
 
 def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike], bool]:

@@ -6,6 +6,8 @@ autoscaler reads. Objects live in the default registry, next to the process and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 DURATION_BUCKETS = tuple(0.001 * 2**i for i in range(17))  # 1 ms .. 65.5 s
@@ -30,11 +32,27 @@ INFLIGHT = Gauge("vqserve_inflight_requests", "Inference requests being handled"
 REQUEST_FAILURES = Counter("vqserve_request_failures", "Requests that failed, by reason", ["reason"])
 TILES = Counter("vqserve_tiles", "Tiles computed for inputs larger than VQSERVE_TILE_SIZE", ["model", "op"])
 MEMORY_BUDGET = Gauge("vqserve_memory_budget_bytes", "Activation memory one batch may use (VQSERVE_MEMORY_BUDGET_MB)")
+CPU_THREADS = Gauge(
+    "vqserve_cpu_threads",
+    "Threads sized from the CPUs the process may use (VQSERVE_TORCH_THREADS, VQSERVE_CODEC_THREADS when set)",
+    ["pool"],
+)
 MODEL_INFO = Gauge(
     "vqserve_model_info",
     "Served models (value 1)",
     ["model", "device", "dtype", "codebook_size", "downsample_factor"],
 )
+
+
+PER_MODEL_OP = (QUEUE_DEPTH, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, TILES)
+
+
+def create_series(model: str, ops: Iterable[str]) -> None:
+    """Every per model x op series, at 0, before the first request: an autoscaler reading `vqserve_queue_depth` of
+    an idle or new pod sees 0 rather than nothing."""
+    for op in ops:
+        for metric in PER_MODEL_OP:
+            metric.labels(model, op)
 
 
 def render() -> tuple[bytes, str]:

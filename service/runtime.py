@@ -16,7 +16,8 @@ from typing import Any, Literal, TypeVar
 from . import metrics
 from .batching import Batcher, BatchPolicy, draining_error
 from .codecs import ImageCompression
-from .engine import Engine
+from .cpus import ThreadPlan, available_cpus, thread_plan
+from .engine import Engine, planned_device_type
 from .errors import ServiceError
 from .facts import ModelFacts
 from .memory import default_budget_bytes
@@ -46,12 +47,17 @@ class Readiness:
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engines: dict[str, Engine] = {spec.name: Engine(spec, settings) for spec in settings.model_specs()}
+        # torch's and the codecs' threads: the settings, or the CPUs the process may use (its cgroup quota)
+        self.threads: ThreadPlan = thread_plan(settings.torch_threads, settings.codec_threads, available_cpus())
+        self.engines: dict[str, Engine] = {
+            spec.name: Engine(spec, settings, torch_threads=self.threads.torch) for spec in settings.model_specs()
+        }
         self.default_model = next(iter(self.engines))
+        self.max_batch_size = settings.batch_size_on(planned_device_type(settings.device))
         self.batcher = Batcher(
             dict(self.engines),
             BatchPolicy(
-                max_batch_size=settings.max_batch_size,
+                max_batch_size=self.max_batch_size,
                 max_batch_pixels=settings.max_batch_pixels,
                 max_batch_bytes=memory_budget_bytes(settings),
                 max_wait_s=settings.max_wait_ms / 1000.0,
@@ -59,7 +65,7 @@ class Services:
             ),
             settings.request_timeout_s,
         )
-        self.codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="codec")
+        self.codec_pool = ThreadPoolExecutor(max_workers=self.threads.codec, thread_name_prefix="codec")
         self.compression = ImageCompression(
             png_compress_level=settings.png_compress_level,
             jpeg_quality=settings.jpeg_quality,

@@ -145,6 +145,16 @@ class DecodeJSONResponse(BaseModel):
     images: list[str] = Field(description="base64 PNG (or the asked format) per image, in order")
 
 
+class ReconstructJSONResponse(BaseModel):
+    """/reconstruct with `Accept: application/json`: the PNG and its quality in one body."""
+
+    model: str
+    image: str = Field(description="base64 PNG of the reconstruction at the input's size")
+    psnr: float = Field(description="dB, reconstruction against the input (as the x-psnr header)")
+    shape: list[int] = Field(description="[H, W, C] of the reconstruction")
+    image_size: list[int] = Field(description="[H, W] of the input image")
+
+
 # the Open Inference Protocol (KServe v2): the inference request as the protocol defines it, validated whole
 # before any field is read (`protocols/oip.py`), and the replies of the /v2 routes
 def _scalar(value: object) -> bool | int | float | str:

@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+CPU_MAX_BATCH_SIZE = 4  # bench/README.md "On CPU, larger batches cost more per image"; the headline's setting
+GPU_MAX_BATCH_SIZE = 16
+
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VQSERVE_", extra="ignore", frozen=True)
 
     # network
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told: the container image, compose and the manifests set 0.0.0.0
     port: int = Field(default=8000, ge=0, le=65535)
     # models: `model_path` (+ `model_subfolder`) serves one model; `models` ("name=path,...") serves several. A path
     # may be a Hugging Face Hub repo id, org/name[@revision] (service/model_source.py)
@@ -70,9 +73,10 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: DType = "auto"  # auto: float16/bfloat16 on GPU unless the config forces upcast, float32 on CPU
     warmup: bool = True
-    torch_threads: int = Field(default=0, ge=0)  # 0: torch's default
+    torch_threads: int = Field(default=0, ge=0)  # 0: the CPUs the process may use (cgroup quota, affinity; cpus.py)
     # batching
-    max_batch_size: int = Field(default=16, ge=1)
+    # auto: CPU_MAX_BATCH_SIZE on CPU (larger batches cost more per image there, bench/README.md), else GPU_...
+    max_batch_size: Literal["auto"] | int = "auto"
     max_batch_pixels: int = Field(default=16 * 1024 * 1024, ge=1)  # image pixels per batch (input for encode)
     max_wait_ms: float = Field(default=5.0, ge=0)
     max_queue: int = Field(default=256, ge=1)  # requests admitted but not yet computed; beyond -> 429
@@ -92,7 +96,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers together; -> 431
     max_headers: int = Field(default=100, ge=1)  # header fields per request; -> 431
     # codecs
-    codec_threads: int = Field(default=4, ge=1)
+    codec_threads: int = Field(default=0, ge=0)  # 0: the CPUs the process may use, at most 4 (cpus.py)
     png_compress_level: int = Field(default=1, ge=0, le=9)
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     webp_quality: int = Field(default=95, ge=1, le=100)
@@ -110,6 +114,19 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("max_batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise ValueError(f"max_batch_size must be auto or a whole number >= 1, got {value!r}")
+        return number
 
     @field_validator("device")
     @classmethod
@@ -149,6 +166,12 @@ class Settings(BaseSettings):
         if self.models and self.model_path is not None:
             raise ValueError("set either models (name=path,...) or model_path, not both")
         return self
+
+    def batch_size_on(self, device_type: str) -> int:
+        """VQSERVE_MAX_BATCH_SIZE, `auto` resolved for the device type the models run on ("cpu", "cuda", ...)."""
+        if self.max_batch_size != "auto":
+            return self.max_batch_size
+        return CPU_MAX_BATCH_SIZE if device_type == "cpu" else GPU_MAX_BATCH_SIZE
 
     def model_specs(self) -> list[ModelSpec]:
         """The models to serve, the default (first) one first."""

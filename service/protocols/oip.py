@@ -12,7 +12,9 @@ Tensors travel as JSON `data` (row-major, flat or nested) or with the binary-dat
 (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data` / `binary_data_output`). A request is
 validated whole against pydantic models of the protocol's InferenceRequest (`schemas.py`, the approach of
 KServe's own server) before any field is read, and shapes are bounded by the body before they are multiplied:
-every malformed request answers 400. Errors inside /v2 answer the protocol's `{"error": "<message>"}`. Compute
+every malformed request answers 400; input that is well formed but does not fit the model (indices outside the
+codebook, shapes the model cannot take, non-finite latents) answers 422, as on /decode and /encode (one status per
+error kind, `errors.py`). Errors inside /v2 answer the protocol's `{"error": "<message>"}`. Compute
 goes through the batcher like every other route.
 """
 
@@ -27,7 +29,7 @@ import orjson
 import torch
 from pydantic import ValidationError
 
-from ..errors import ServiceError, validation_message
+from ..errors import validation_message
 from ..facts import ModelFacts
 from ..inputs import check_count, check_decode_limits, decode_from_array, images_from_array, latent_factors
 from ..ops import Encoded, LatentDecode, Op
@@ -211,24 +213,19 @@ def to_model_inputs(
     request: InferRequest, facts: ModelFacts, max_images: int, max_pixels: int
 ) -> tuple[Op, list[torch.Tensor], LatentDecode | None]:
     """The op, per-item model inputs and op parameters, checked by the same input path as /encode and /decode
-    (the `scaling_factor` parameter included); input that does not fit the model answers the protocol's 400
-    (sizes over the limits stay 413)."""
+    (the `scaling_factor` parameter included), so that they answer the same statuses: input that does not fit
+    the model 422, sizes over the limits 413."""
     tensor = request.tensor
-    try:
-        factors = latent_factors(request.parameters.scaling_factor)
-        if tensor.name == "IMAGE":
-            check_count(len(tensor.array), max_images)
-            images = images_from_array(tensor.array, facts, max_pixels)
-            return Op.ENCODE, [image.tensor for image in images], None
-        decoded = decode_from_array(tensor.array, facts, factors)  # latents / scaling_factor, checked
-        check_decode_limits(decoded, facts, max_images, max_pixels)
-        if decoded.op == Op.DECODE_LATENTS:
-            return decoded.op, decoded.tensors, LatentDecode(request.parameters.force_not_quantize)
-        return decoded.op, decoded.tensors, None
-    except ServiceError as exc:
-        if exc.kind == "invalid_input":
-            raise OIPError(400, exc.message) from exc
-        raise
+    factors = latent_factors(request.parameters.scaling_factor)
+    if tensor.name == "IMAGE":
+        check_count(len(tensor.array), max_images)
+        images = images_from_array(tensor.array, facts, max_pixels)
+        return Op.ENCODE, [image.tensor for image in images], None
+    decoded = decode_from_array(tensor.array, facts, factors)  # latents / scaling_factor, checked
+    check_decode_limits(decoded, facts, max_images, max_pixels)
+    if decoded.op == Op.DECODE_LATENTS:
+        return decoded.op, decoded.tensors, LatentDecode(request.parameters.force_not_quantize)
+    return decoded.op, decoded.tensors, None
 
 
 def build_response(

@@ -55,12 +55,33 @@ def encode_binary(results: list[Encoded]) -> tuple[bytes, list[int]]:
     return codecs.tensor_bytes(stacked), list(stacked.shape)
 
 
+def image_sizes_header(inputs: list[ImageInput]) -> str:
+    """The binary encode reply's `image_size` header: `[[H, W], ...]`, one per image, as the JSON replies hold."""
+    return orjson.dumps([list(image.size) for image in inputs]).decode()
+
+
 def reconstruct_reply(
     image: ImageInput, output: np.ndarray, fmt: str, options: codecs.ImageCompression
 ) -> tuple[bytes, float]:
     height, width = image.size
     cropped = output[:height, :width]
     return codecs.write_image(cropped, fmt, options), psnr(image.original, cropped)
+
+
+def reconstruct_json(
+    model: str, image: ImageInput, output: np.ndarray, options: codecs.ImageCompression
+) -> tuple[bytes, float]:
+    """The reconstruction as JSON: base64 PNG, PSNR, its shape and the input's size."""
+    png, quality = reconstruct_reply(image, output, "png", options)
+    height, width = image.size
+    body = {
+        "model": model,
+        "image": codecs.b64encode(png),
+        "psnr": quality,
+        "shape": [height, width, int(output.shape[2])],
+        "image_size": [height, width],
+    }
+    return orjson.dumps(body), quality
 
 
 def crop_outputs(outputs: list[np.ndarray], crop: tuple[int, int] | None) -> list[np.ndarray]:

@@ -26,8 +26,10 @@ from ..protocols.rest import (
     crop_outputs,
     encode_binary,
     encode_json,
+    image_sizes_header,
     images_binary,
     images_json,
+    reconstruct_json,
     reconstruct_reply,
 )
 from ..runtime import Services
@@ -40,6 +42,7 @@ from ..schemas import (
     ErrorResponse,
     InferenceRequest,
     OIPErrorResponse,
+    ReconstructJSONResponse,
 )
 from .admission import admit
 from .bodies import read_image_files, tensor_response
@@ -48,11 +51,17 @@ from .openapi import BINARY, binary, replies, request_body
 
 router = APIRouter(tags=["inference"], dependencies=InferenceGuard)
 
-ImageFormat = Literal["png", "jpeg", "webp"]
-FormatQuery = Annotated[ImageFormat | None, Query(description="image format of the reply; overrides Accept")]
+# `jpg` is `jpeg`: diffusers' remote protocol spells it so, and people type it
+ImageFormat = Literal["png", "jpeg", "jpg", "webp"]
+FormatQuery = Annotated[
+    ImageFormat | None, Query(description="image format of the reply (`jpg` is `jpeg`); overrides Accept")
+]
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
-FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 TENSOR_TYPES = ("tensor/binary", "application/octet-stream")
+DECODE_TYPES = ("image/png", "image/jpeg", "image/webp", "application/json", *TENSOR_TYPES)
+RECONSTRUCT_TYPES = ("image/png", "image/jpeg", "image/webp", "application/json")
+MANY_IMAGES_TYPES = ("application/json", *TENSOR_TYPES)  # what several images can be sent as
 
 IMAGE_BODY = request_body(
     {
@@ -113,7 +122,9 @@ async def encode(
         results = (await tiles.run(ticket, services, facts, Op.ENCODE, [i.tensor for i in inputs])).values
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.offload("tensor_encode", encode_binary, results)
-        return tensor_response(body, shape, "int32", "application/octet-stream")
+        reply = tensor_response(body, shape, "int32", "application/octet-stream")
+        reply.headers["image_size"] = image_sizes_header(inputs)  # the sizes to crop back to when decoding
+        return reply
     content = await services.offload("json_encode", encode_json, facts, inputs, results, batch_form, return_latents)
     return Response(content, media_type="application/json")
 
@@ -148,10 +159,7 @@ async def decode(
     """Decode codebook indices or latents to images."""
     facts = services.model(model)
     factors = latent_factors(scaling_factor)  # 422 for a non-finite, zero or subnormal scale, before any work
-    wanted = negotiate(
-        request, ["image/png", "image/jpeg", "image/webp", "application/json", *TENSOR_TYPES], override=None
-    )
-    if format is None and wanted is None:
+    if format is None and negotiate(request, DECODE_TYPES) is None:
         raise ServiceError(
             "not_acceptable", "the reply can be image/png, image/jpeg, image/webp, application/json or tensor/binary"
         )
@@ -171,13 +179,16 @@ async def decode(
         check_decode_limits(parsed, facts, settings.max_images_per_request, settings.max_pixels)
         params = LatentDecode(force_not_quantize) if parsed.op == Op.DECODE_LATENTS else None  # already scaled
         outcome = await tiles.run(ticket, services, facts, parsed.op, parsed.tensors, params)
-    return await _image_reply(services, crop_outputs(outcome.values, parsed.crop), format, wanted)
+    return await _image_reply(request, services, crop_outputs(outcome.values, parsed.crop), format)
 
 
-async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, wanted: str | None) -> Response:
+async def _image_reply(request: Request, services: Services, outputs: list[Any], fmt: str | None) -> Response:
+    """One image as an image by default; several as JSON by default (`*/*` included), since no image type holds
+    them; an Accept that names only image types for several images, or `format` with several, is 406."""
     options = services.compression
-    if fmt is not None or wanted in IMAGE_TYPES:
-        fmt = fmt or IMAGE_TYPES[wanted or "image/png"]
+    wanted = negotiate(request, DECODE_TYPES if len(outputs) == 1 else MANY_IMAGES_TYPES)
+    if fmt is not None or wanted is None:
+        fmt = fmt or "png"
         if len(outputs) > 1:
             raise ServiceError(
                 "not_acceptable",
@@ -185,6 +196,9 @@ async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, 
             )
         content = await services.offload("image_encode", write_image, outputs[0], fmt, options)
         return Response(content, media_type=FORMAT_TYPES[fmt])
+    if wanted in IMAGE_TYPES:
+        content = await services.offload("image_encode", write_image, outputs[0], IMAGE_TYPES[wanted], options)
+        return Response(content, media_type=wanted)
     if wanted == "application/json":
         content = await services.offload("image_encode", images_json, outputs, "png", options)
         return Response(content, media_type="application/json")
@@ -197,8 +211,11 @@ async def _image_reply(services: Services, outputs: list[Any], fmt: str | None, 
     response_model=None,
     openapi_extra=IMAGE_BODY,
     responses=replies(
-        "The reconstruction at the input's size; header x-psnr in dB",
-        binary("image/png", "image/jpeg", "image/webp"),
+        "The reconstruction at the input's size; header x-psnr in dB; as JSON with `Accept: application/json`",
+        {
+            **binary("image/png", "image/jpeg", "image/webp"),
+            "application/json": {"schema": {"$ref": "#/components/schemas/ReconstructJSONResponse"}},
+        },
     ),
 )
 async def reconstruct(
@@ -209,12 +226,20 @@ async def reconstruct(
 ) -> Response:
     """Encode, quantize and decode one image; report PSNR against the input."""
     facts = services.model(model)
-    fmt = format or IMAGE_TYPES.get(negotiate(request, list(IMAGE_TYPES)) or "image/png", "png")
+    wanted = negotiate(request, RECONSTRUCT_TYPES)
+    if format is None and wanted is None:
+        raise ServiceError("not_acceptable", "the reply can be image/png, image/jpeg, image/webp or application/json")
     async with admit(request, services, facts) as ticket:
         inputs, _ = await _images(request, services, facts)
         if len(inputs) != 1:
             raise ServiceError("invalid_input", f"/reconstruct takes one image, got {len(inputs)}")
         (output,) = (await tiles.run(ticket, services, facts, Op.RECONSTRUCT, [inputs[0].tensor])).values
+    if format is None and wanted == "application/json":
+        content, quality = await services.offload(
+            "image_encode", reconstruct_json, facts.name, inputs[0], output, services.compression
+        )
+        return Response(content, media_type="application/json", headers={"x-psnr": f"{quality:.4f}"})
+    fmt = format or IMAGE_TYPES[wanted or "image/png"]
     content, quality = await services.offload(
         "image_encode", reconstruct_reply, inputs[0], output, fmt, services.compression
     )
@@ -232,4 +257,5 @@ OPENAPI_MODELS = (
     ErrorResponse,
     InferenceRequest,
     OIPErrorResponse,
+    ReconstructJSONResponse,
 )

@@ -43,11 +43,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "anyOf": [{"$ref": "#/components/schemas/OIPErrorResponse"}, {"$ref": "#/components/schemas/ErrorResponse"}]
     }
     described = {
-        400: "Malformed request: not a v2 inference request, or input that does not fit the model",
+        400: "Malformed request: not a v2 inference request",
         401: "Missing or wrong API key",
         404: "Unknown model or version",
         408: "The body did not arrive within VQSERVE_BODY_TIMEOUT_S",
         413: "Body, image or image count over the limits",
+        422: "Input that does not fit the model: indices outside the codebook, a shape it cannot take, bad latents",
         429: "Queue full; retry after Retry-After seconds",
         500: "The batch failed",
         503: "Not ready or shutting down",
@@ -82,7 +83,7 @@ INFER_REPLIES: dict[int | str, dict[str, Any]] = {
         "their bytes",
         "content": {"application/octet-stream": BINARY},
     },
-    **_errors(400, 401, 404, 408, 413, 429, 500, 503, 504),
+    **_errors(400, 401, 404, 408, 413, 422, 429, 500, 503, 504),
 }
 
 

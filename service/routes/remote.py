@@ -83,7 +83,9 @@ async def remote_decode(
 ) -> Response:
     """diffusers' `remote_decode`: latents -> an image (pil) or a tensor (pt)."""
     facts = services.model(model)
-    wanted = negotiate(request, ["image/png", "image/jpeg", "tensor/binary"])
+    # image_format picks the image type when Accept leaves it open (none, or a wildcard); `jpg` is `jpeg`
+    image_types = ["image/png", "image/jpeg"] if image_format == "png" else ["image/jpeg", "image/png"]
+    wanted = negotiate(request, [*image_types, "tensor/binary"])
     if wanted is None:
         raise ServiceError("not_acceptable", "the reply can be image/png, image/jpeg or tensor/binary")
     if media_type(request) not in ("tensor/binary", "application/octet-stream", ""):

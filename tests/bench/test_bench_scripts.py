@@ -83,3 +83,17 @@ def test_tiling_script_smoke_pass(tiny_checkpoint: Path) -> None:
     tiled = [r for r in rows if r["mode"] == "tiled"]
     assert all(0 < r["psnr"] < 99 and r["vs_untiled"]["seam_max"] >= 0 for r in tiled)
     assert {g["goal"][:2] for g in result["goals"]} >= {"B1", "B4", "B6", "A "}
+
+
+def test_cpu_batch_script_smoke_pass(tiny_checkpoint: Path) -> None:
+    """`python -m bench.cpu_batch` on the tiny model, small images: every batch size is timed in every round."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_batch", "--checkpoint", str(tiny_checkpoint), "--side", "32",
+         "--rounds", "2", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["threads"] == 1
+    assert set(result["per_image_ms"]) == {"1", "2", "4", "8"}
+    assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
+    assert "| 4 |" in out.stdout  # the table printed side by side

@@ -90,5 +90,23 @@ def test_vqserve_is_hardened_and_drains(compose: dict[str, Any]) -> None:
         assert service["stop_signal"] == "SIGTERM"
         grace = int(service["stop_grace_period"].rstrip("s"))
         assert grace > float(service["environment"]["VQSERVE_GRACEFUL_TIMEOUT_S"])
-        assert "/healthz" in " ".join(service["healthcheck"]["test"])
+        # "healthy" means ready (models loaded and warmed), not merely alive
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        # the service binds 127.0.0.1 unless told; the published port must reach it
+        assert service["environment"]["VQSERVE_HOST"] == "0.0.0.0"
         assert any(volume.endswith(":/models:ro") for volume in service["volumes"])
+
+
+def test_the_documented_copy_into_the_models_volume_names_the_real_volume(compose: dict[str, Any]) -> None:
+    """deploy/README.md gives the command that fills the read-only `models` volume: it must name the volume compose
+    creates (`<project>_models`) and the path the service reads."""
+    from tests.deploy.conftest import DEPLOY
+
+    assert "models" in compose["volumes"]
+    volume = f"{compose['name']}_models"
+    text = (DEPLOY / "README.md").read_text()
+    copies = [line for line in text.splitlines() if line.startswith("docker run") and " cp " in line]
+    assert copies, "no copy command for the models volume"
+    assert all(f"-v {volume}:/models " in line for line in copies), copies
+    for name in ("vqserve", "vqserve-cpu"):
+        assert f"{'models'}:/models:ro" in compose["services"][name]["volumes"]

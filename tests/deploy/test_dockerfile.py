@@ -97,6 +97,7 @@ def test_final_stage_is_minimal_non_root_and_signal_ready() -> None:
     assert user.split(":")[0] not in {"0", "root"}
     assert "HEALTHCHECK" in words
     assert "/healthz" in text
+    assert "VQSERVE_HOST=0.0.0.0" in text  # the service binds 127.0.0.1 unless told
     assert "curl" not in text
     assert ("STOPSIGNAL", "SIGTERM") in final
     entrypoint = next(args for word, args in final if word == "ENTRYPOINT")

@@ -23,6 +23,7 @@ COMPONENTS = ("weights-pvc", "weights-init")  # hub-cache and hub-offline: their
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("serving.kserve.io/v1beta1", "InferenceService"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
@@ -176,6 +177,7 @@ def test_overlay_specifics(overlay: tuple[str, dict[str, dict[str, Any]]]) -> No
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"].endswith(f":{name}")
+    assert env["VQSERVE_HOST"] == "0.0.0.0"  # the service binds 127.0.0.1 unless told
     if name == "gpu":
         assert env["VQSERVE_DEVICE"] == "cuda"
         assert env["VQSERVE_DTYPE"] == "float16"
@@ -185,6 +187,7 @@ def test_overlay_specifics(overlay: tuple[str, dict[str, dict[str, Any]]]) -> No
     else:
         assert env["VQSERVE_DEVICE"] == "cpu"
         assert env["VQSERVE_DTYPE"] == "float32"
+        assert env["VQSERVE_MAX_BATCH_SIZE"] == "4"  # the CPU value (tests/deploy/test_one_cpu_story.py)
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
         assert "nodeSelector" not in pod
 
@@ -255,6 +258,40 @@ def test_hub_cache_component_serves_a_repo_id_from_the_model_volume(offline: boo
         assert "HF_HUB_OFFLINE" not in env
         assert not mount.get("readOnly", False), "huggingface_hub writes the cache (and its locks) on the volume"
         assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+
+
+def _readme_overlay() -> str:
+    """The `my-vqserve/kustomization.yaml` of deploy/README.md, as written there."""
+    text = (K8S.parent / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    (overlay,) = [block for block in blocks if block.startswith("# my-vqserve/kustomization.yaml")]
+    return overlay
+
+
+def test_the_documented_own_overlay_renders_with_your_image_and_the_alerts(tmp_path: Path) -> None:
+    """deploy/README.md's overlay beside a checkout: `kubectl kustomize` alone renders it, with the image it names,
+    the PrometheusRule in the namespace, and the release label kube-prometheus-stack selects."""
+    shutil.copytree(K8S, tmp_path / "vqserve" / "deploy" / "k8s")
+    (tmp_path / "my-vqserve").mkdir()
+    (tmp_path / "my-vqserve" / "kustomization.yaml").write_text(_readme_overlay())
+    docs = _render(tmp_path / "my-vqserve")
+    custom = _validate(docs)
+    assert sorted(doc["kind"] for doc in custom) == ["PrometheusRule", "ServiceMonitor"]
+    kinds = _by_kind(docs)
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/vqserve:1.0-cpu"
+    assert {doc["metadata"]["namespace"] for doc in docs} == {"vqserve"}
+    assert kinds["ServiceMonitor"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = load_yaml(K8S.parent / "prometheus" / "alerts.yml")["groups"]
+    assert kinds["PrometheusRule"]["spec"]["groups"] == alerts
+
+
+def test_the_overlays_image_is_the_documented_placeholder(overlay: tuple[str, dict[str, dict[str, Any]]]) -> None:
+    """The README's `images:` override names the image the overlays set; change both together."""
+    name, kinds = overlay
+    image = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"ghcr.io/example/vqserve:{name}"
+    assert "- name: ghcr.io/example/vqserve" in _readme_overlay()
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:

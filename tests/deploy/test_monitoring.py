@@ -91,6 +91,23 @@ def test_alert_rules_are_complete() -> None:
     assert {"VqserveDown", "VqserveHighErrorRate", "VqserveOverloaded", "VqserveHighLatency"} <= set(names)
 
 
+def test_the_kubernetes_prometheus_rule_has_the_compose_alerts() -> None:
+    """One source: the PrometheusRule of the kube-prometheus-stack component is generated from alerts.yml."""
+    import importlib.util
+
+    component = K8S / "components/kube-prometheus-stack"
+    rule = load_yaml(component / "prometheusrule.yaml")
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"]["groups"] == load_yaml(DEPLOY / "prometheus/alerts.yml")["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # the chart's default ruleSelector
+    spec = importlib.util.spec_from_file_location("generate_rule", component / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert generate.render() == (component / "prometheusrule.yaml").read_text(), "run generate.py after alerts.yml"
+
+
 def test_grafana_provisioning_points_the_dashboard_at_the_datasource() -> None:
     datasources = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")["datasources"]
     assert [ds["type"] for ds in datasources] == ["prometheus"]

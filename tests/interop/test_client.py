@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from model import VQModel
-from service.client import AsyncClient, Client, VQServeError, retry_delay
+from service.client import AsyncClient, Client, Encoding, VQServeError, retry_delay
 from tests.support.images import image_bytes, random_rgb
 from tests.support.reference import model_input, model_output
 from tests.support.servers import Server, free_port
@@ -89,22 +89,52 @@ def test_encode_one_image_in_every_form(client: Client, reference_model: VQModel
     path.write_bytes(image_bytes(arr))
     for form in (arr, Image.fromarray(arr), image_bytes(arr), path, str(path)):
         got = client.encode(form)
-        assert isinstance(got, np.ndarray)
-        assert got.dtype == np.int32
-        np.testing.assert_array_equal(got, expected)
+        assert isinstance(got, Encoding)
+        assert got.indices.dtype == np.int32
+        assert got.image_size == (32, 48)
+        assert got.latents is None  # only on request
+        np.testing.assert_array_equal(got.indices, expected)
+        np.testing.assert_array_equal(np.asarray(got), expected)  # an array wherever numpy wants one
+
+
+def test_encode_decode_round_trips_to_the_original_size(client: Client, reference_model: VQModel) -> None:
+    """A 33x17 image pads to the code grid of 36x20; its Encoding decodes back to 33x17, alone or in a batch."""
+    odd = random_rgb(33, 17, seed=4)
+    encoding = client.encode(odd)
+    assert encoding.image_size == (33, 17)
+    assert client.decode(encoding).shape == (1, 33, 17, 3)
+    padded = client.decode(encoding.indices)  # bare indices: the padded size, as before
+    assert padded.shape[1:3] == tuple(reference_model.downsample_factor * n for n in encoding.shape)
+    batch = client.encode([odd, random_rgb(34, 18, seed=5)])  # the same grid: one binary reply
+    assert [e.image_size for e in batch] == [(33, 17), (34, 18)]
+    assert client.decode(batch[1]).shape == (1, 34, 18, 3)
+
+
+def test_encode_can_return_latents_that_decode(client: Client, reference_model: VQModel) -> None:
+    arr = random_rgb(32, 32, seed=7)
+    encoding = client.encode(arr, return_latents=True)
+    assert encoding.latents is not None
+    assert encoding.latents.shape == (reference_model.config.embed_dim, *encoding.shape)
+    with torch.inference_mode():
+        expected = reference_model.encode(model_input(arr))[0].numpy()
+    assert np.abs(encoding.latents - expected).max() < 1e-4
+    np.testing.assert_array_equal(encoding.indices, ref_indices(reference_model, arr))
+    # the latents decode (quantized on the server) to what the indices decode to
+    np.testing.assert_array_equal(client.decode(encoding.latents[None]), client.decode(encoding))
 
 
 def test_encode_batch_same_and_mixed_sizes(client: Client, reference_model: VQModel) -> None:
     same = [random_rgb(32, 32, seed=s) for s in range(3)]
     got = client.encode(same)
     assert isinstance(got, list)
-    for arr, indices in zip(same, got, strict=True):
-        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+    for arr, encoding in zip(same, got, strict=True):
+        np.testing.assert_array_equal(encoding.indices, ref_indices(reference_model, arr))
     mixed = [random_rgb(32, 32, seed=5), random_rgb(16, 40, seed=6)]  # cannot stack: JSON fallback
     got = client.encode(mixed)
     assert [g.shape for g in got] == [(16, 16), (8, 20)]
-    for arr, indices in zip(mixed, got, strict=True):
-        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+    assert [g.image_size for g in got] == [(32, 32), (16, 40)]
+    for arr, encoding in zip(mixed, got, strict=True):
+        np.testing.assert_array_equal(encoding.indices, ref_indices(reference_model, arr))
 
 
 def test_decode_indices_and_latents(client: Client, reference_model: VQModel) -> None:
@@ -161,8 +191,8 @@ def test_async_client_matches_sync(server: Server, reference_model: VQModel) -> 
             return encoded, pixels, rec.psnr  # type: ignore[return-value]
 
     encoded, pixels, quality = asyncio.run(run())
-    for arr, indices in zip(images, encoded, strict=True):
-        np.testing.assert_array_equal(indices, ref_indices(reference_model, arr))
+    for arr, encoding in zip(images, encoded, strict=True):
+        np.testing.assert_array_equal(encoding.indices, ref_indices(reference_model, arr))
     assert pixels.shape == (4, 32, 32, 3)
     assert math.isfinite(quality)
 

@@ -120,7 +120,7 @@ def test_bad_requests_answer_4xx(client: triton.InferenceServerClient, server: S
     out_of_range.set_data_from_numpy(np.full((1, 4, 4), 999, dtype=np.int32))
     with pytest.raises(InferenceServerException, match=r"\[0, 64\)") as excinfo:
         client.infer("default", [out_of_range])
-    assert excinfo.value.status() == "400"
+    assert excinfo.value.status() == "422"  # as /decode answers indices outside the codebook
     wrong_type = triton.InferInput("IMAGE", [1, 8, 8, 3], "FP32")
     wrong_type.set_data_from_numpy(np.zeros((1, 8, 8, 3), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="UINT8"):
@@ -240,21 +240,21 @@ def test_tritonclient_requests_still_validate(client: triton.InferenceServerClie
 
 
 @pytest.mark.parametrize("scale", [1e-320, 5e-324, 1e-39, -1e-40, 1e39, 0])
-def test_scaling_factors_that_overflow_the_latents_answer_400(
+def test_scaling_factors_that_overflow_the_latents_answer_422(
     client: triton.InferenceServerClient, scale: float
 ) -> None:
     """A zero, subnormal or out-of-float32 scale sends every latent to inf (1e-320 answered 200 with a garbage
-    image before): the shared factor check refuses it, in the protocol's 400."""
+    image before): the shared factor check refuses it, with /decode's status (422) in the protocol's shape."""
     tensor = triton.InferInput("LATENTS", [1, 4, 2, 2], "FP32")
     tensor.set_data_from_numpy(np.full((1, 4, 2, 2), 0.5, dtype=np.float32))
     with pytest.raises(InferenceServerException, match="scaling_factor") as excinfo:
         client.infer("default", [tensor], parameters={"scaling_factor": scale})
-    assert excinfo.value.status() == "400"
+    assert excinfo.value.status() == "422"
 
 
-def test_a_scale_that_overflows_these_latents_answers_400(client: triton.InferenceServerClient) -> None:
+def test_a_scale_that_overflows_these_latents_answers_422(client: triton.InferenceServerClient) -> None:
     tensor = triton.InferInput("LATENTS", [1, 4, 2, 2], "FP32")
     tensor.set_data_from_numpy(np.full((1, 4, 2, 2), 1e30, dtype=np.float32))
     with pytest.raises(InferenceServerException, match="finite range") as excinfo:
         client.infer("default", [tensor], parameters={"scaling_factor": 1e-10})  # 1e40: inf in float32
-    assert excinfo.value.status() == "400"
+    assert excinfo.value.status() == "422"

@@ -541,7 +541,7 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tiny_check
             reply = client.post(path, content=body, headers={"content-type": ctype})
             assert reply.status_code == 422, reply.text
             assert "latent cells" in reply.json()["error"]["message"]
-        # the protocol adapters share those checks: /remote answers 422, /v2 its protocol's 400
+        # the protocol adapters share those checks and their status: 422 on /remote and /v2 too
         one_cell = {"shape": [1, D, 1, 1], "dtype": "float32"}
         for path, body, ctype, params, status in (
             ("/remote/decode", _f32(np.zeros((1, D, 1, 1))), "tensor/binary", one_cell, 422),
@@ -551,7 +551,7 @@ def test_one_latent_cell_is_refused_where_the_model_cannot_compute_it(tiny_check
                 _oip([_oip_tensor("INDICES", "INT32", [1, 1, 1], [3])]),
                 "application/json",
                 {},
-                400,
+                422,
             ),
         ):
             reply = client.post(path, content=body, headers={"content-type": ctype}, params=params)
@@ -766,18 +766,18 @@ FACTOR_CASES: list[tuple[str, str, bytes, str, dict[str, Any], int]] = [
             _v2_latents(0.5, scaling_factor=v),
             "application/json",
             {},
-            400,
+            422,
         )
         for v in (1e-320, 5e-324, 1e-39, -1e-40, 0, 1e39, 1e308)
     ],
-    ("oip/overflow", "/v2/models/default/infer", _v2_latents(1e30, scaling_factor=1e-10), "application/json", {}, 400),
+    ("oip/overflow", "/v2/models/default/infer", _v2_latents(1e30, scaling_factor=1e-10), "application/json", {}, 422),
     (
         "oip/fp16-overflow",
         "/v2/models/default/infer",
         _oip([_oip_tensor("LATENTS", "FP16", [1, D, 1, 2], [1e5] * 8)]),
         "application/json",
         {},
-        400,
+        422,
     ),
     (
         "oip/scale-on-indices",
@@ -785,7 +785,7 @@ FACTOR_CASES: list[tuple[str, str, bytes, str, dict[str, Any], int]] = [
         _oip([CODES], parameters={"scaling_factor": 1e-320}),
         "application/json",
         {},
-        400,
+        422,
     ),
     # the controls: fine factors, and a subnormal shift (nothing is divided by it) are served
     ("decode/scale-ok", "/decode", _latents_json(LATENTS), "application/json", {"scaling_factor": "1e-3"}, 200),
