@@ -139,6 +139,7 @@ class VQModel(nn.Module):
         model = cls(checkpoint.load_config(directory))
         state = checkpoint.load_state_dict(directory)
         checkpoint.check_keys(set(model.state_dict()), set(state))
+        checkpoint.check_shapes(model.state_dict(), state)
         model.load_state_dict(state, strict=True)
         model.eval().requires_grad_(False)
         return model.to(device=device, dtype=dtype)

@@ -27,7 +27,7 @@ from .batching import Cost
 from .facts import ModelFacts
 from .memory import release_free_memory
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
-from .settings import ModelSpec, Settings, default_model_path
+from .settings import ModelSpec, Settings, default_model_path, setting_names
 
 logger = logging.getLogger("vqserve.engine")
 
@@ -57,7 +57,7 @@ def serving_device(requested: str) -> torch.device:
     try:
         return resolve_device(requested)
     except DeviceError as exc:
-        raise ModelLoadError(f"{exc} (VQSERVE_DEVICE / --device)") from exc
+        raise ModelLoadError(f"{exc}: set {setting_names('device')} to auto or cpu") from exc
 
 
 def resolve_dtype(requested: str, device: torch.device, force_upcast: bool) -> torch.dtype:
