@@ -34,6 +34,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from .app import create_app  # noqa: E402
 from .engine import ModelLoadError, check_checkpoint  # noqa: E402
+from .errors import one_line  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
 from .runtime import Services  # noqa: E402
@@ -49,13 +50,6 @@ class StartupError(RuntimeError):
 
 # What `main` reports as one line and exit 2; anything else is a bug: exit 3 with its traceback in the log.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, ModelLoadError)
-_MAX_MESSAGE = 600  # characters of one startup error line (a checkpoint's key lists can be long)
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of `exc` on one line, whitespace collapsed, bounded."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
 class _OneLineParser(argparse.ArgumentParser):
