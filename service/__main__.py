@@ -22,7 +22,7 @@ import sys
 import threading
 import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Before torch loads OpenMP: threads that wait for work sleep instead of spinning. On a 2-core machine where codec
 # threads or a neighbour process hold a core, spinning intra-op threads made one 256x256 reconstruct 6x slower
@@ -32,13 +32,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from .app import create_app  # noqa: E402
-from .engine import ModelLoadError, check_checkpoint  # noqa: E402
-from .errors import one_line  # noqa: E402
+from .errors import ModelLoadError, one_line  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
-from .runtime import Services  # noqa: E402
 from .settings import Settings, describe_invalid, setting_docs, setting_names  # noqa: E402
+
+if TYPE_CHECKING:  # torch loads with the models, after the settings are checked: a bad flag fails in a second
+    from .runtime import Services
 
 logger = logging.getLogger("vqserve")
 _OWN_FILES = 256  # files the process holds besides client sockets: libraries, the listener, logs, thread pools
@@ -121,6 +121,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
 def load_models(services: Services) -> None:
     """Load and warm every model before the server starts (the lifespan then finds them loaded), so that a load
     failure is a `ModelLoadError` here, reported as one line, not a traceback inside uvicorn's lifespan."""
+    from .engine import check_checkpoint
+
     for spec in services.settings.model_specs():
         check_checkpoint(spec)  # every path first: a missing one fails before the others load
     for engine in services.engines.values():
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_invalid(exc)}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     configure_logging(settings.log_level)
+    from .app import create_app
+
     try:
         listener = bind_listener(settings.host, settings.port)
         fit_open_files(settings.max_connections)

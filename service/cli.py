@@ -291,8 +291,7 @@ def run_in_process(args: argparse.Namespace) -> int:
     (a model that cannot load exits 2, as `python -m service` does; bad input exits 1 with the server's words)."""
     from pydantic import ValidationError
 
-    from .engine import ModelLoadError
-    from .errors import ServiceError, one_line
+    from .errors import ModelLoadError, ServiceError, one_line
     from .settings import describe_invalid
 
     try:

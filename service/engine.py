@@ -24,6 +24,7 @@ from model.pixels import to_uint8, to_unit_range
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
 from .batching import Cost
+from .errors import ModelLoadError
 from .facts import ModelFacts
 from .memory import release_free_memory
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
@@ -33,10 +34,6 @@ logger = logging.getLogger("vqserve.engine")
 
 TRIM_AFTER_BYTES = 64 << 20  # batches whose activations may exceed this hand freed memory back afterwards
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    """A configured model that cannot be served; the message names the path and the setting to change."""
 
 
 def check_checkpoint(spec: ModelSpec) -> None:

@@ -96,6 +96,10 @@ def count_failure(exc: ServiceError) -> None:
         metrics.REQUEST_FAILURES.labels(reason=exc.code).inc()
 
 
+class ModelLoadError(RuntimeError):
+    """A configured model that cannot be served; the message names the path and the setting to change."""
+
+
 _MAX_LINE = 600  # characters of a one-line failure message (a checkpoint's key lists can be long)
 
 

@@ -194,7 +194,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Settings:
         if self.models and self.model_path is not None:
-            raise ValueError(f"set either {setting_names('models')} (name=path,...) or {setting_names('model_path')}")
+            raise ValueError(
+                f"set either {setting_names('models')} (name=path,...) or {setting_names('model_path')}, not both"
+            )
         return self
 
     def model_specs(self) -> list[ModelSpec]:

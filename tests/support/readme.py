@@ -94,6 +94,4 @@ def run_example(example: Example, workdir: Path, url: str, timeout_s: float) -> 
     interpreter = ["bash", "-e", "-o", "pipefail", "-c"] if example.language == "bash" else [sys.executable, "-c"]
     command = [*interpreter, code]
     env = example_environment(url)
-    return subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
