@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for engine in services.engines.values():
-            facts = engine.facts or await asyncio.to_thread(engine.load)  # `python -m service` loaded them first
+            loaded = engine.facts  # `python -m service` loads every model before serving
+            facts = loaded if loaded is not None else await asyncio.to_thread(engine.load)
             config = facts.config
             metrics.MODEL_INFO.labels(
                 facts.name, facts.device, facts.dtype, str(config.codebook_size), str(config.downsample_factor)
