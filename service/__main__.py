@@ -4,6 +4,11 @@ uvicorn runs `middleware.BoundedHttpToolsProtocol`: open connections, the time a
 line and headers are bounded (VQSERVE_MAX_CONNECTIONS, VQSERVE_HEADER_TIMEOUT_S, VQSERVE_MAX_HEADER_BYTES,
 VQSERVE_MAX_HEADERS) before a request reaches the app.
 
+Startup, in this order: the settings are checked (a bad one is one `error:` line naming the flag and the variable),
+the port is bound, every model is loaded and warmed, then uvicorn listens on that socket and "ready" is logged. A
+failure the user can fix (STARTUP_ERRORS: a port in use, a missing or damaged checkpoint, weights that do not fit the
+config, a device that is not there) is one line on stderr and exit 2; anything else exits 3 with its traceback.
+
 Flags override environment variables, which override defaults. On SIGTERM/SIGINT readiness turns 503 and new
 inference requests are answered 503 at once; after VQSERVE_SHUTDOWN_DELAY_S the listener closes, admitted
 requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0. A second signal exits at once
