@@ -97,6 +97,14 @@ def test_cuda_on_a_cpu_machine_names_the_device_setting(tiny_checkpoint: Path) -
     assert "--device / VQSERVE_DEVICE" in line
 
 
+def test_a_device_that_is_not_there_names_the_device_setting(tiny_checkpoint: Path) -> None:
+    """A CUDA index past the machine's devices (or any CUDA index without CUDA), checked before the model moves."""
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    line = the_one_line(run("--device", missing, "--model-path", str(tiny_checkpoint), "--port", str(free_port())))
+    assert f"device '{missing}' asked for" in line
+    assert "--device / VQSERVE_DEVICE" in line
+
+
 def test_a_cut_short_safetensors_file_is_named(checkpoint: Path) -> None:
     weights = checkpoint / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
