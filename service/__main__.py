@@ -128,8 +128,8 @@ def load_models(services: Services) -> None:
     failure is a `ModelLoadError` here, reported as one line, not a traceback inside uvicorn's lifespan."""
     from .engine import check_checkpoint
 
-    for spec in services.settings.model_specs():
-        check_checkpoint(spec)  # every path first: a missing one fails before the others load
+    for engine in services.engines.values():
+        check_checkpoint(engine.spec)  # every path first: a missing one fails before the others load
     for engine in services.engines.values():
         engine.load()
 
