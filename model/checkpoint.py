@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, VQModelConfig
@@ -85,7 +86,13 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     safetensors_path = directory / SAFETENSORS_NAME
     bin_path = directory / BIN_NAME
     if safetensors_path.is_file():
-        state = load_file(str(safetensors_path))
+        try:
+            state = load_file(str(safetensors_path))
+        except SafetensorError as exc:  # a cut-short or damaged file: its header or data do not add up
+            raise CheckpointError(
+                f"{safetensors_path} is not a readable safetensors file ({exc}); it may be cut short: copy or "
+                "download it again"
+            ) from exc
     elif bin_path.is_file():
         state = torch.load(bin_path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -102,6 +109,21 @@ def check_keys(expected: set[str], found: set[str]) -> None:
             "checkpoint weights do not match its config: "
             f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
             f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
+
+
+def check_shapes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """Weights whose shapes differ from what the config builds, named (before `load_state_dict` lists them all)."""
+    wrong = [
+        (key, tuple(found[key].shape), tuple(value.shape))
+        for key, value in expected.items()
+        if key in found and found[key].shape != value.shape
+    ]
+    if wrong:
+        shown = ", ".join(f"{key} is {got} (the config needs {want})" for key, got, want in wrong[:3])
+        raise CheckpointError(
+            f"checkpoint weights do not match its config: {len(wrong)} tensors have other shapes: {shown}"
+            + (", ..." if len(wrong) > 3 else "")
         )
 
 

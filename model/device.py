@@ -21,4 +21,10 @@ def resolve_device(requested: str = "auto") -> torch.device:
         raise DeviceError(f"{requested!r} is not a torch device: use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {requested!r} asked for but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device {requested!r} asked for but this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {requested!r} asked for but MPS (Apple's GPU) is not available on this machine")
     return device

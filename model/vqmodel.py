@@ -153,6 +153,7 @@ class VQModel(nn.Module):
         """A model in eval mode holding exactly `state` (every key, every shape, or `CheckpointError`)."""
         model = cls(config)
         checkpoint.check_keys(set(model.state_dict()), set(state))
+        checkpoint.check_shapes(model.state_dict(), state)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:  # shapes that do not fit the config

@@ -4,6 +4,11 @@ uvicorn runs `middleware.BoundedHttpToolsProtocol`: open connections, the time a
 line and headers are bounded (VQSERVE_MAX_CONNECTIONS, VQSERVE_HEADER_TIMEOUT_S, VQSERVE_MAX_HEADER_BYTES,
 VQSERVE_MAX_HEADERS) before a request reaches the app.
 
+Startup, in this order: the settings are checked (a bad one is one `error:` line naming the flag and the variable),
+the port is bound, every model is loaded and warmed, then uvicorn listens on that socket and "ready" is logged. A
+failure the user can fix (STARTUP_ERRORS: a port in use, a missing or damaged checkpoint, weights that do not fit the
+config, a device that is not there) is one line on stderr and exit 2; anything else exits 3 with its traceback.
+
 Flags override environment variables, which override defaults. On SIGTERM/SIGINT readiness turns 503 and new
 inference requests are answered 503 at once; after VQSERVE_SHUTDOWN_DELAY_S the listener closes, admitted
 requests finish within VQSERVE_GRACEFUL_TIMEOUT_S, and the process exits 0. A second signal exits at once
@@ -17,11 +22,12 @@ import logging
 import math
 import os
 import resource
+import socket
 import sys
 import threading
 import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Before torch loads OpenMP: threads that wait for work sleep instead of spinning. On a 2-core machine where codec
 # threads or a neighbour process hold a core, spinning intra-op threads made one 256x256 reconstruct 6x slower
@@ -31,54 +37,64 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from .app import create_app  # noqa: E402
-from .engine import ModelLoadError, check_checkpoint  # noqa: E402
+from .errors import ModelLoadError, one_line  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
-from .runtime import Services  # noqa: E402
-from .settings import Settings, default_model_path  # noqa: E402
+from .settings import Settings, describe_invalid, setting_docs, setting_names  # noqa: E402
+
+if TYPE_CHECKING:  # torch loads with the models, after the settings are checked: a bad flag fails in a second
+    from .runtime import Services
 
 logger = logging.getLogger("vqserve")
 _OWN_FILES = 256  # files the process holds besides client sockets: libraries, the listener, logs, thread pools
 
 
+class StartupError(RuntimeError):
+    """A startup failure the user can fix (a port in use, ...): its message names the cause and the setting."""
+
+
+# What `main` reports as one line and exit 2; anything else is a bug: exit 3 with its traceback in the log.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, ModelLoadError)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, whose errors are one `error:` line (no usage block), as every other startup failure is."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per setting: `max_queue` -> `--max-queue`; list settings take a comma list or repeat."""
-    parser = argparse.ArgumentParser(
+    """One flag per setting: `max_queue` -> `--max-queue`; list settings take a comma list or repeat.
+
+    Each flag's help is the setting's description, the text of README's settings table (`setting_docs`). Values
+    stay strings here: the settings check them, so a bad flag and a bad variable get the same message."""
+    parser = _OneLineParser(
         prog="python -m service",
         description="Serve VQModel autoencoders over HTTP. Every flag is also an environment variable VQSERVE_<NAME>.",
     )
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        env = f"VQSERVE_{name.upper()}"
-        default = field.get_default(call_default_factory=True)
-        help_text = f"env {env}; default {default!r}"
-        if name == "model_path":  # None means the shipped checkpoint, unless --models names the models
-            help_text = (
-                f"env {env}; a checkpoint directory, or a Hugging Face Hub repo id org/name[@revision] (a local "
-                f"directory of that name wins); default the shipped checkpoint ({default_model_path()}) unless "
-                "--models is set"
-            )
+    for doc in setting_docs():
+        field = Settings.model_fields[doc.name]
+        help_text = _plain(f"{doc.description} (env {doc.env}; default {doc.default})")
         annotation = field.annotation
         origin = typing.get_origin(annotation)
+        flag, *aliases = [f for f in doc.flags if not f.startswith("--no-")]
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif origin is list or (typing.get_origin(typing.get_args(annotation)[0]) is list if origin else False):
-            extra = ["--model"] if name == "models" else []
             parser.add_argument(
-                flag, *extra, action="append", default=argparse.SUPPRESS, help=help_text + "; comma list or repeated"
+                flag, *aliases, action="append", default=argparse.SUPPRESS, help=help_text + "; comma list or repeated"
             )
         elif origin is typing.Literal:
             parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=_scalar_type(annotation), default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=help_text, metavar=doc.name.upper())
     return parser
 
 
-def _scalar_type(annotation: Any) -> Any:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) else annotation
-    return base if base in (int, float) else str
+def _plain(markdown: str) -> str:
+    """README's markdown as terminal text: no backticks; `%` escaped for argparse."""
+    return markdown.replace("`", "").replace("%", "%%")
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
@@ -87,6 +103,35 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         if isinstance(value, list):
             given[name] = ",".join(value)
     return Settings(**given)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before any model loads: a port in use fails at once, not after the load, and
+    nothing logs "ready" before the address is the server's (uvicorn starts listening on this socket)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not block
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {reason}; stop what holds the port or choose another with "
+            f"{setting_names('port')} (the address: {setting_names('host')})"
+        ) from exc
+    return sock
+
+
+def load_models(services: Services) -> None:
+    """Load and warm every model before the server starts (the lifespan then finds them loaded), so that a load
+    failure is a `ModelLoadError` here, reported as one line, not a traceback inside uvicorn's lifespan."""
+    from .engine import check_checkpoint
+
+    for engine in services.engines.values():
+        check_checkpoint(engine.spec)  # every path first: a missing one fails before the others load
+    for engine in services.engines.values():
+        engine.load()
 
 
 class GracefulServer(uvicorn.Server):
@@ -111,6 +156,14 @@ class GracefulServer(uvicorn.Server):
             threading.Timer(self.delay_s, self._stop, (sig, frame)).start()
         else:
             self._stop(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # listening: what "ready" promises (the lifespan has loaded and warmed every model)
+            address = self.servers[0].sockets[0].getsockname() if self.servers else None
+            logger.info(
+                "ready", extra={"models": list(self.services.engines), "address": list(address) if address else None}
+            )
 
     def _stop(self, sig: int, frame: types.FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -161,24 +214,31 @@ def fit_open_files(max_connections: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start the service. Every startup failure a user can fix is one line on stderr and exit 2 (a bad setting
+    before logging exists as `error: ...`, the others as one error log line); an unexpected one exits 3."""
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        print(f"error: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201 - before logging exists
+        print(f"error: {describe_invalid(exc)}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     configure_logging(settings.log_level)
-    # before uvicorn starts: a clear line and exit 2, not a lifespan traceback. Building the app resolves where each
-    # model's checkpoint is (a Hub repo id is fetched, or found in the cache, then)
+    from .app import create_app
+
     try:
+        listener = bind_listener(settings.host, settings.port)
+        fit_open_files(settings.max_connections)
         app = create_app(settings)
-        for engine in app.state.services.engines.values():
-            check_checkpoint(engine.spec)
-    except ModelLoadError as exc:
-        logger.error("%s", exc)
+        load_models(app.state.services)
+    except STARTUP_ERRORS as exc:
+        logger.error("%s", one_line(exc))
         return 2
-    fit_open_files(settings.max_connections)
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        logger.exception("startup failed unexpectedly")
+        return 3
     server = GracefulServer(uvicorn_config(app, settings), app.state.services, settings.shutdown_delay_s)
-    server.run()
+    server.run(sockets=[listener])
     return 0 if server.started else 3
 
 

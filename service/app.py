@@ -1,8 +1,8 @@
 """`create_app(settings)`: the FastAPI application and its lifespan.
 
-Startup: load every model (on its engine thread), warm up, start the batcher, then report ready. Shutdown (after
-uvicorn stopped accepting and waited for in-flight requests): readiness 503, no new admissions, drain what is
-queued within VQSERVE_GRACEFUL_TIMEOUT_S, fail the rest with 503, release the engines.
+Startup: load every model not yet loaded (`python -m service` loads them before serving), warm up, start the batcher,
+then report started. Shutdown (after uvicorn stopped accepting and waited for in-flight requests): readiness 503, no
+new admissions, drain what is queued within VQSERVE_GRACEFUL_TIMEOUT_S, fail the rest with 503, release the engines.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         report_threads(services)
         for engine in services.engines.values():
-            facts = await asyncio.to_thread(engine.load)
+            loaded = engine.facts  # `python -m service` loads every model before serving
+            facts = loaded if loaded is not None else await asyncio.to_thread(engine.load)
             config = facts.config
             metrics.MODEL_INFO.labels(
                 facts.name, facts.device, facts.dtype, str(config.codebook_size), str(config.downsample_factor)
@@ -101,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.batcher.start()
         trimmer = asyncio.create_task(release_memory_when_idle(services, work_ended, trim)) if trim else None
         services.started = True
-        logger.info("ready", extra={"models": list(services.engines)})
+        logger.info(
+            "started", extra={"models": list(services.engines)}
+        )  # `python -m service` logs "ready" once listening
         try:
             yield
         finally:

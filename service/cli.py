@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where the model runs")
-    where.add_argument("--url", default=DEFAULT_URL, help=f"server to use (default {DEFAULT_URL})")
+    url = os.environ.get("VQSERVE_URL", DEFAULT_URL)
+    where.add_argument("--url", default=url, help=f"server to use (env VQSERVE_URL; default {DEFAULT_URL})")
     where.add_argument("--model", help="served model name (remote); default: the server's first")
     where.add_argument("--api-key", default=os.environ.get("VQSERVE_API_KEY"), help="env VQSERVE_API_KEY")
     where.add_argument("--timeout", type=float, default=120.0, help="seconds per request (remote)")
@@ -339,6 +340,31 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Backend], int]] = {
 }
 
 
+def run_in_process(args: argparse.Namespace) -> int:
+    """The command on a model loaded here. Failures read as against a server: one `error:` line, no traceback
+    (a model that cannot load exits 2, as `python -m service` does; bad input exits 1 with the server's words)."""
+    from pydantic import ValidationError
+
+    from .errors import ModelLoadError, ServiceError, one_line
+    from .settings import describe_invalid
+
+    try:
+        backend = LocalBackend(args.model_path, args.model_subfolder, args.device)
+    except ModelLoadError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)  # noqa: T201
+        return 2
+    except ValidationError as exc:
+        print(f"error: {describe_invalid(exc)}", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        return COMMANDS[args.command](args, backend)
+    except ServiceError as exc:
+        print(f"error: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)  # noqa: T201 - as VQServeError
+        return 1
+    finally:
+        backend.engine.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
@@ -349,17 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         return cmd_convert(args)
     if args.model_path is not None:
-        from .engine import ModelLoadError
-
-        try:
-            backend = LocalBackend(args.model_path, args.model_subfolder, args.device)
-        except ModelLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
-            return 2
-        try:
-            return COMMANDS[args.command](args, backend)
-        finally:
-            backend.engine.close()
+        return run_in_process(args)
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         try:
             return COMMANDS[args.command](args, RemoteBackend(client, args.model))

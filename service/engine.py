@@ -25,21 +25,18 @@ from model.pixels import to_uint8, to_unit_range
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
 from .batching import Cost
+from .errors import ModelLoadError
 from .facts import ModelFacts
 from .memory import release_free_memory
 from .model_source import ModelSourceError, resolve
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
-from .settings import ModelSpec, Settings, default_model_path
+from .settings import ModelSpec, Settings, default_model_path, setting_names
 
 logger = logging.getLogger("vqserve.engine")
 
 WARMUP_MAX_SIDE = 512  # warm-up's side when tiling is off (VQSERVE_TILE_SIZE=0), whatever the sample size
 TRIM_AFTER_BYTES = 64 << 20  # batches whose activations may exceed this hand freed memory back afterwards
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    """A configured model that cannot be served; the message names the path and the setting to change."""
 
 
 def check_checkpoint(spec: ModelSpec) -> None:
@@ -65,7 +62,7 @@ def serving_device(requested: str) -> torch.device:
     try:
         return resolve_device(requested)
     except DeviceError as exc:
-        raise ModelLoadError(f"{exc} (VQSERVE_DEVICE / --device)") from exc
+        raise ModelLoadError(f"{exc}: set {setting_names('device')} to auto or cpu") from exc
 
 
 def planned_device_type(requested: str) -> str:

@@ -94,3 +94,16 @@ def count_failure(exc: ServiceError) -> None:
     answers in another protocol's error shape (`/v2`) calls this itself."""
     if exc.status in FAILURE_STATUSES:
         metrics.REQUEST_FAILURES.labels(reason=exc.code).inc()
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model that cannot be served; the message names the path and the setting to change."""
+
+
+_MAX_LINE = 600  # characters of a one-line failure message (a checkpoint's key lists can be long)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line, whitespace collapsed, bounded: how startup failures are reported."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."

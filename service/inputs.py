@@ -229,7 +229,7 @@ def decode_from_tensor(
 
 def decode_from_array(array: np.ndarray, facts: ModelFacts, factors: LatentFactors | None = None) -> DecodeInput:
     """Integers (B, h, w) are indices, floats (B, D, h, w) latents (the Open Inference Protocol's tensors)."""
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(np.require(array, requirements="W"))  # a copy of a read-only array: torch warns on those
     if tensor.is_floating_point():
         return latents_input(tensor, facts, None, factors)
     return _indices_input(tensor, facts, None)

@@ -1,19 +1,22 @@
 """Service configuration: the only place settings are read.
 
 Every field is an environment variable with the `VQSERVE_` prefix (`max_queue` -> `VQSERVE_MAX_QUEUE`) and a flag
-of `python -m service` (`--max-queue`). Invalid values fail at startup with a message naming the setting; nothing
-else in the service reads the environment, except huggingface_hub, which reads its own `HF_*` variables (cache,
-offline mode, token, endpoint) when a model path is a Hub repo id (`service/model_source.py`).
+of `python -m service` (`--max-queue`). Invalid values fail at startup with one line naming the flag and the
+variable (`describe_invalid`); nothing else in the service reads the environment, except huggingface_hub, which reads
+its own `HF_*` variables (cache, offline mode, token, endpoint) when a model path is a Hub repo id
+(`service/model_source.py`). Each field's `description` is its one-line documentation: `--help` shows it, and
+README's settings table is generated from it (`python -m docs.settings_table`; a test fails when the two drift).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
@@ -62,53 +65,107 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VQSERVE_", extra="ignore", frozen=True)
 
     # network
-    host: str = "127.0.0.1"  # loopback unless told: the container image, compose and the manifests set 0.0.0.0
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="bind address (loopback unless told: the container image, compose and the manifests set `0.0.0.0`)",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="bind port")
     # models: `model_path` (+ `model_subfolder`) serves one model; `models` ("name=path,...") serves several. A path
     # may be a Hugging Face Hub repo id, org/name[@revision] (service/model_source.py)
-    model_path: Path | None = None
-    model_subfolder: str | None = None
-    model_name: str = "default"  # the public name of the single `model_path` model
-    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
-    dtype: DType = "auto"  # auto: float16/bfloat16 on GPU unless the config forces upcast, float32 on CPU
-    warmup: bool = True
-    torch_threads: int = Field(default=0, ge=0)  # 0: the CPUs the process may use (cgroup quota, affinity; cpus.py)
+    model_path: Path | None = Field(
+        default=None,
+        description="a checkpoint directory (diffusers format, or a taming `.ckpt` + `.yaml`), or a Hugging Face Hub "
+        "repo id `org/name[@revision]` (a local directory of that name wins)",
+        json_schema_extra={"default_text": "`model/weights/default`"},  # None: the shipped checkpoint
+    )
+    model_subfolder: str | None = Field(default=None, description="subfolder of the checkpoint (e.g. `vqvae`)")
+    model_name: str = Field(default="default", description="public name of the `model_path` model")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="several models, `name=path,name2=path2` (paths or Hub repo ids; not with `MODEL_PATH`)"
+    )
+    device: str = Field(default="auto", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`, `mps`")
+    dtype: DType = Field(
+        default="auto",
+        description="`auto` (bf16/fp16 on GPU unless `force_upcast`, fp32 on CPU), `float32`, `float16`, `bfloat16`",
+    )
+    warmup: bool = Field(default=True, description="run each op once at the model's `sample_size` (at most the tile size) before turning ready")
+    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads (`0`: the CPUs the process may use: cgroup quota, affinity)")
     # batching
-    # auto: CPU_MAX_BATCH_SIZE on CPU (larger batches cost more per image there, bench/README.md), else GPU_...
-    max_batch_size: Literal["auto"] | int = "auto"
-    max_batch_pixels: int = Field(default=16 * 1024 * 1024, ge=1)  # image pixels per batch (input for encode)
-    max_wait_ms: float = Field(default=5.0, ge=0)
-    max_queue: int = Field(default=256, ge=1)  # requests admitted but not yet computed; beyond -> 429
-    request_timeout_s: float = Field(default=60.0, gt=0)  # deadline from arrival; -> 504
-    # tiling and memory: inputs larger than tile_size pixels a side run in tiles (0: never); batches fit the budget
-    tile_size: int = Field(default=512, ge=0)
-    tile_overlap: int = Field(default=64, ge=0)
-    memory_budget_mb: int = Field(default=0, ge=0)  # 0: 1/16 of the memory the process may use (cgroup, else host)
+    max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        default="auto",
+        description="images per batch (`auto`: 4 on CPU, where larger batches cost more per image, 16 on GPU)",
+    )
+    max_batch_pixels: int = Field(default=16 * 1024 * 1024, ge=1, description="image pixels per batch")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, description="longest wait for requests still being decoded, from the oldest arrival"
+    )
+    max_queue: int = Field(default=256, ge=1, description="requests admitted but not yet computed; beyond → 429")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="deadline from arrival → 504")
+    # tiling and memory
+    tile_size: int = Field(
+        default=512,
+        ge=0,
+        description="inputs larger than this many pixels a side (images, or the image an index/latent grid decodes "
+        "to) are computed in tiles; `0` never tiles",
+    )
+    tile_overlap: int = Field(
+        default=64, ge=0, description="pixels neighbouring tiles share, blended linearly (smaller than the tile)"
+    )
+    memory_budget_mb: int = Field(
+        default=0,
+        ge=0,
+        description="activation memory one batch may take (`0`: 1/16 of the memory the process may use: the cgroup "
+        "limit, else the host's)",
+    )
     # limits
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(default=4096 * 4096, ge=1)  # per image
-    max_images_per_request: int = Field(default=32, ge=1)
-    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; -> 408
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="request body limit → 413")
+    max_pixels: int = Field(
+        default=4096 * 4096, ge=1, description="pixels per image (checked from the header, before decoding) → 413"
+    )
+    max_images_per_request: int = Field(default=32, ge=1, description="images per request → 413")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="the whole body must arrive within this (slow-loris bound) → 408"
+    )
     # connections, bounded by the HTTP protocol before a request reaches the app (middleware.BoundedHttpToolsProtocol)
-    max_connections: int = Field(default=1000, ge=1)  # open connections; one more is answered 503 and closed
-    header_timeout_s: float = Field(default=10.0, gt=0)  # request line and headers must arrive within this; -> 408
-    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers together; -> 431
-    max_headers: int = Field(default=100, ge=1)  # header fields per request; -> 431
+    max_connections: int = Field(
+        default=1000, ge=1, description="open connections; one more is answered 503 (`Retry-After: 1`) and closed"
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the request line and headers must arrive within this → 408 (a connection that sends nothing "
+        "is closed)",
+    )
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers together → 431")
+    max_headers: int = Field(default=100, ge=1, description="header fields per request → 431")
     # codecs
-    codec_threads: int = Field(default=0, ge=0)  # 0: the CPUs the process may use, at most 4 (cpus.py)
-    png_compress_level: int = Field(default=1, ge=0, le=9)
-    jpeg_quality: int = Field(default=95, ge=1, le=100)
-    webp_quality: int = Field(default=95, ge=1, le=100)
+    codec_threads: int = Field(
+        default=0, ge=0, description="threads decoding and encoding images and tensors (`0`: the CPUs the process may use, at most 4)"
+    )
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="PNG zlib level 0–9 (1: fast)")
+    jpeg_quality: int = Field(default=95, ge=1, le=100, description="JPEG quality of replies")
+    webp_quality: int = Field(default=95, ge=1, le=100, description="WebP quality of replies")
     # lifecycle and access
-    graceful_timeout_s: float = Field(default=30.0, ge=0)  # drain bound on SIGTERM
-    shutdown_delay_s: float = Field(default=0.0, ge=0)  # readiness 503 this long before the listener closes
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # models whose /remote/decode skips quantization (diffusers pipelines pass force_not_quantize=True for them);
-    # unset: the MoVQ-style ones (norm_type "spatial", Kandinsky's decoder)
-    remote_force_not_quantize: Annotated[list[str] | None, NoDecode] = None
-    log_level: LogLevel = "info"
+    graceful_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="drain bound after SIGTERM (uvicorn's bound on open requests is this rounded up to whole "
+        "seconds; 0: queued work fails with 503 at once and open requests are not cut off)",
+    )
+    shutdown_delay_s: float = Field(default=0.0, ge=0, description="readiness 503 this long before the listener closes")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated bearer keys for inference, `/models`, `/remote/*` and `/v2/models/*`",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed CORS origins")
+    # None: the MoVQ-style models (norm_type "spatial", Kandinsky's decoder), as diffusers' pipelines decode them
+    remote_force_not_quantize: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="model names whose `/remote/decode` skips quantization (as Kandinsky's pipeline decodes MoVQ); "
+        "the `force_not_quantize` query overrides",
+        json_schema_extra={"default_text": "unset: models with `norm_type: spatial`"},
+    )
+    log_level: LogLevel = Field(default="info", description="`debug`, `info`, `warning`, `error`, `critical`")
 
     @field_validator("models", "api_keys", "cors_origins", "remote_force_not_quantize", mode="before")
     @classmethod
@@ -132,14 +189,14 @@ class Settings(BaseSettings):
     @classmethod
     def _device(cls, value: str) -> str:
         if not _DEVICE_RE.match(value):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
         return value
 
     @field_validator("model_name")
     @classmethod
     def _model_name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(f"model name {value!r} must be letters, digits, '.', '_' or '-'")
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (got {value!r})")
         return value
 
     @field_validator("models")
@@ -149,22 +206,27 @@ class Settings(BaseSettings):
         for entry in value:
             name, sep, path = entry.partition("=")
             if not sep or not path.strip() or not _NAME_RE.match(name.strip()):
-                raise ValueError(f"each models entry must be name=path with a plain name, got {entry!r}")
+                raise ValueError(f"each entry must be name=path with a plain name (got {entry!r})")
             names.append(name.strip())
         if len(set(names)) != len(names):
-            raise ValueError(f"model names must be unique, got {names}")
+            raise ValueError(f"model names must be unique (got {names})")
         return value
 
     @model_validator(mode="after")
     def _overlap_within_tile(self) -> Settings:
         if self.tile_size and self.tile_overlap >= self.tile_size:
-            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
+            raise ValueError(
+                f"{setting_names('tile_overlap')} ({self.tile_overlap}) must be smaller than "
+                f"{setting_names('tile_size')} ({self.tile_size})"
+            )
         return self
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> Settings:
         if self.models and self.model_path is not None:
-            raise ValueError("set either models (name=path,...) or model_path, not both")
+            raise ValueError(
+                f"set either {setting_names('models')} (name=path,...) or {setting_names('model_path')}, not both"
+            )
         return self
 
     def batch_size_on(self, device_type: str) -> int:
@@ -183,3 +245,92 @@ class Settings(BaseSettings):
             return specs
         path = self.model_path if self.model_path is not None else default_model_path()
         return [ModelSpec(self.model_name, path, self.model_subfolder)]
+
+
+# what each setting is called outside Python, and how it is documented (`--help` and README's table, one source)
+_FLAG_ALIASES = {"models": ("--model",)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return f"VQSERVE_{name.upper()}"
+
+
+def setting_names(name: str) -> str:
+    """`--max-batch-size / VQSERVE_MAX_BATCH_SIZE`: how messages name a setting, both ways of giving it."""
+    return f"{flag_name(name)} / {env_name(name)}"
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting as `--help` and README's settings table show it (markdown; `--help` drops the backticks)."""
+
+    name: str
+    env: str
+    flags: tuple[str, ...]  # the flag, its aliases, `--no-x` for a switch
+    default: str
+    description: str
+
+
+def setting_docs() -> list[SettingDoc]:
+    docs = []
+    for name, field in Settings.model_fields.items():
+        if field.description is None:
+            raise TypeError(f"setting {name} has no description (Field(description=...))")
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, Mapping) else {}
+        shown = extra.get("default_text")
+        default = str(shown) if shown is not None else _default_text(field.get_default(call_default_factory=True))
+        flags = (flag_name(name), *_FLAG_ALIASES.get(name, ()))
+        if field.annotation is bool:
+            flags = (*flags, "--no-" + flag_name(name).removeprefix("--"))
+        docs.append(SettingDoc(name, env_name(name), flags, default, field.description))
+    return docs
+
+
+def _default_text(value: object) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line for invalid settings, each problem naming the flag and the variable:
+    `--max-batch-size / VQSERVE_MAX_BATCH_SIZE: must be >= 1 (got 0)` (no pydantic internals or URLs)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        reason = _reason(error)
+        if loc and str(loc[0]) in Settings.model_fields:
+            problems.append(f"{setting_names(str(loc[0]))}: {reason}")
+        else:  # a check across settings: its message names them
+            problems.append(reason)
+    return "; ".join(problems)
+
+
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+_BOUND_KEYS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
+    got = f" (got {given})" if not isinstance(given, dict) else ""
+    if kind in _BOUNDS:
+        return f"must be {_BOUNDS[kind]} {ctx[_BOUND_KEYS[kind]]}{got}"
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return f"must be a whole number{got}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number{got}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false{got}"
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{str(error['msg']).lower()}{got}"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from docs.settings_table import README, with_table
 from service.__main__ import build_parser, settings_from_args
-from service.settings import Settings, default_model_path
+from service.settings import Settings, default_model_path, describe_invalid, setting_docs
 
 
 def test_env_prefix_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,8 +60,52 @@ def test_every_setting_has_a_flag() -> None:
 def test_help_names_the_real_default_model() -> None:
     """`--model-path` unset serves the shipped checkpoint, and `--help` says so rather than `None`."""
     helps = {opt: action.help for action in build_parser()._actions for opt in action.option_strings}
-    assert str(default_model_path()) in str(helps["--model-path"])
+    assert "default model/weights/default" in str(helps["--model-path"])
     assert "default 256" in str(helps["--max-queue"])  # the others print the setting's own default
+
+
+def test_every_flag_has_the_readme_description() -> None:
+    """`--help` and README's table say the same: both come from the settings' descriptions."""
+    helps = {opt: action.help for action in build_parser()._actions for opt in action.option_strings}
+    for doc in setting_docs():
+        assert doc.description.strip(), doc.name
+        shown = str(helps[doc.flags[0]]).replace("%%", "%")
+        assert shown.startswith(doc.description.replace("`", "")), (doc.name, shown)
+        assert f"env {doc.env}; default {doc.default.replace('`', '')}" in shown, (doc.name, shown)
+
+
+def test_help_gives_the_real_remote_force_not_quantize_default() -> None:
+    helps = {opt: action.help for action in build_parser()._actions for opt in action.option_strings}
+    assert "default unset: models with norm_type: spatial" in str(helps["--remote-force-not-quantize"])
+    assert "None" not in str(helps["--remote-force-not-quantize"])
+
+
+def test_readme_settings_table_is_generated_from_the_settings() -> None:
+    """README's table is exactly what `python -m docs.settings_table` writes; a drift fails here."""
+    readme = README.read_text(encoding="utf-8")
+    assert with_table(readme) == readme, "README.md's settings table is stale: run python -m docs.settings_table"
+    for doc in setting_docs():
+        assert f"| `{doc.env}` |" in readme, doc.env
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        ({"max_batch_size": 0}, "--max-batch-size / VQSERVE_MAX_BATCH_SIZE: must be >= 1 (got 0)"),
+        ({"port": "eighty"}, "--port / VQSERVE_PORT: must be a whole number (got eighty)"),
+        ({"png_compress_level": 10}, "--png-compress-level / VQSERVE_PNG_COMPRESS_LEVEL: must be <= 9 (got 10)"),
+        ({"device": "tpu"}, "--device / VQSERVE_DEVICE: must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
+        ({"tile_size": 64, "tile_overlap": 64}, "--tile-overlap / VQSERVE_TILE_OVERLAP (64) must be smaller than"),
+    ],
+)
+def test_invalid_settings_read_as_one_line_naming_flag_and_variable(given: dict[str, object], line: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**given)
+    message = describe_invalid(caught.value)
+    assert message.startswith(line), message
+    assert "\n" not in message
+    assert "pydantic" not in message
+    assert "http" not in message
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
