@@ -81,15 +81,23 @@ class Settings(BaseSettings):
     model_subfolder: str | None = Field(default=None, description="subfolder of the checkpoint (e.g. `vqvae`)")
     model_name: str = Field(default="default", description="public name of the `model_path` model")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="several models, `name=path,name2=path2` (paths or Hub repo ids; not with `MODEL_PATH`)"
+        default_factory=list,
+        description="several models, `name=path,name2=path2` (paths or Hub repo ids; not with `MODEL_PATH`)",
     )
     device: str = Field(default="auto", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`, `mps`")
     dtype: DType = Field(
         default="auto",
         description="`auto` (bf16/fp16 on GPU unless `force_upcast`, fp32 on CPU), `float32`, `float16`, `bfloat16`",
     )
-    warmup: bool = Field(default=True, description="run each op once at the model's `sample_size` (at most the tile size) before turning ready")
-    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads (`0`: the CPUs the process may use: cgroup quota, affinity)")
+    warmup: bool = Field(
+        default=True,
+        description="run each op once at the model's `sample_size` (at most the tile size) before turning ready",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch intra-op threads (`0`: the CPUs the process may use: cgroup quota, affinity)",
+    )
     # batching
     max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         default="auto",
@@ -140,7 +148,9 @@ class Settings(BaseSettings):
     max_headers: int = Field(default=100, ge=1, description="header fields per request → 431")
     # codecs
     codec_threads: int = Field(
-        default=0, ge=0, description="threads decoding and encoding images and tensors (`0`: the CPUs the process may use, at most 4)"
+        default=0,
+        ge=0,
+        description="threads decoding and encoding images and tensors (`0`: the CPUs the process may use, at most 4)",
     )
     png_compress_level: int = Field(default=1, ge=0, le=9, description="PNG zlib level 0–9 (1: fast)")
     jpeg_quality: int = Field(default=95, ge=1, le=100, description="JPEG quality of replies")
