@@ -83,8 +83,8 @@ class PriorRun:
         torch.manual_seed(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.device = resolve_device(args.device)
+        code_data.training_data_of(args.vq)  # refuses data a prior cannot train on, before any loading
         vq = VQModel.from_pretrained(args.vq)
-        code_data.training_data_of(args.vq)  # refuses data a prior cannot train on
         splits = code_data.digits_codes(vq)
         if args.val >= len(splits.train):
             raise ValueError(f"--val {args.val} leaves no training grids (the split has {len(splits.train)})")
