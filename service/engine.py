@@ -152,7 +152,7 @@ class Engine:
         logger.info(
             "model %s loaded from %s on %s as %s in %.2fs",
             self.name,
-            self.spec.directory,
+            self.source.describe(),
             self.facts.device,
             self.facts.dtype,
             time.perf_counter() - started,

@@ -52,7 +52,7 @@ def resolve(spec: ModelSpec) -> tuple[ModelSpec, ModelSource]:
     hub_id = None if spec.path.exists() else parse_hub_id(str(spec.path))
     if hub_id is None:
         source: ModelSource = LocalSource(str(spec.path.absolute()), spec.subfolder)
-        logger.info("model %s: checkpoint %s", spec.name, source.describe(), extra={"source": source})
+        logger.debug("model %s: checkpoint %s", spec.name, source.describe(), extra={"source": source})
         return spec, source
     repo, revision = hub_id
     snapshot, commit = fetch(spec.name, repo, revision, spec.subfolder)

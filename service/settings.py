@@ -190,9 +190,9 @@ class Settings(BaseSettings):
         try:
             number = int(str(value))
         except ValueError:
-            number = 0
+            raise ValueError(f"must be auto or a whole number (got {value})") from None
         if number < 1:
-            raise ValueError(f"max_batch_size must be auto or a whole number >= 1, got {value!r}")
+            raise ValueError(f"must be >= 1 (got {value})")
         return number
 
     @field_validator("device")
