@@ -13,7 +13,9 @@ items, `max_batch_pixels` image pixels and `max_batch_bytes` of activation memor
 runs several times (the tiles of a large image, service/tiles.py) queues each run behind what arrived meanwhile,
 so small requests interleave with it. The batch goes to the engine at once when the engine is
 idle, unless other admitted requests are still decoding their inputs: then it waits for them up to `max_wait_s`
-from the oldest item's arrival. Items whose deadline passed or whose client left are dropped before compute; a
+from the oldest item's arrival. A request that steps (sampling from a prior, service/sampling.py) says
+`continues=True` on each run but its last: until its next run it counts as decoding again, from the moment its
+results came back, so the steps of concurrent requests keep riding one batch instead of taking turns. Items whose deadline passed or whose client left are dropped before compute; a
 failing batch fails only its own items (500) and the worker carries on. All queue state and counters live here;
 this module never touches the model and knows nothing of HTTP.
 """
@@ -95,6 +97,7 @@ class Item:
     params: OpParams
     cost: Cost
     ticket: Ticket
+    since: float  # from when a batch may wait for it: its request's arrival, or its previous step's results
     enqueued: float = field(default_factory=time.monotonic)  # order among queues: a later run queues behind others
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     started: float | None = None  # when its batch went to the engine
@@ -122,6 +125,7 @@ class Ticket:
         self.worker = worker
         self.arrival = arrival
         self.deadline = deadline
+        self.since = arrival  # when it last started decoding (arrival, or the results of a run that continues)
         self._disconnected = disconnected
         self.decoding = True  # counted in worker.decoding until its first run or its end
         self.holds_slot = True  # counted in batcher.pending until its items started compute or it ends
@@ -136,15 +140,20 @@ class Ticket:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def run(self, op: Op, inputs: Sequence[Payload], params: OpParams | None = None) -> Outcome:
-        """Compute `op` on every input (batched with everyone's items of the same op, shape and params)."""
+    async def run(
+        self, op: Op, inputs: Sequence[Payload], params: OpParams | None = None, *, continues: bool = False
+    ) -> Outcome:
+        """Compute `op` on every input (batched with everyone's items of the same op, shape and params).
+
+        `continues`: the request runs again as soon as these results are back (the next step of a sampling
+        loop), so batches may wait for it up to `max_wait_s` as for a request still decoding."""
         checked = check_params(op, params)
         if self.abandoned:
             raise ServiceError("deadline_exceeded", "the request was dropped before its items were queued")
         batcher = self.worker.batcher
         batcher.retake(self)
         engine = self.worker.engine
-        items = [Item(op, t, checked, engine.cost(op, tuple(t.shape)), self) for t in inputs]
+        items = [Item(op, t, checked, engine.cost(op, tuple(t.shape)), self, self.since) for t in inputs]
         self._waiting = len(items)
         batcher.decoded(self)
         if not items:
@@ -152,6 +161,8 @@ class Ticket:
             return Outcome([])
         self.worker.put(items)
         values = await self._wait([item.future for item in items])
+        if continues:
+            batcher.continuing(self)
         records = {id(item.batch): item.batch for item in items if item.batch is not None}
         outcome = Outcome(
             values,
@@ -290,14 +301,15 @@ class ModelWorker:
                 continue
             key, count = self._candidate()
             queue = self.queues[key]
-            waited = time.monotonic() - queue[0].ticket.arrival
+            waited = time.monotonic() - queue[0].since
             full = count == policy.max_batch_size or count < len(queue)
             if full or self.decoding <= 0 or waited >= policy.max_wait_s:
                 batch = [queue.popleft() for _ in range(count)]
                 if not queue:
                     del self.queues[key]
                 return batch
-            # more admitted requests are still decoding: give them until max_wait from the oldest arrival
+            # more admitted requests are still decoding (or between steps): give them until max_wait from the head's
+            # arrival (or from its previous step's results)
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=policy.max_wait_s - waited)
@@ -377,6 +389,16 @@ class Batcher:
             ticket.decoding = False
             ticket.worker.decoding -= 1
             ticket.worker.wakeup.set()
+
+    def continuing(self, ticket: Ticket) -> None:
+        """The ticket's run is done and it runs again at once: it holds a slot and counts as decoding until then."""
+        if ticket.abandoned:
+            return
+        self.retake(ticket)
+        if not ticket.decoding:
+            ticket.decoding = True
+            ticket.since = time.monotonic()
+            ticket.worker.decoding += 1
 
     def release(self, ticket: Ticket) -> None:
         """The ticket's items have all started compute, or it ended: its slot is free."""

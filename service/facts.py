@@ -1,8 +1,9 @@
 """`ModelFacts`: what the rest of the service may know about a loaded model, fixed once at load.
 
 The typed `VQModelConfig` carries the derived facts (`downsample_factor`, `codebook_size`, `embed_dim`,
-`min_latent_area`); this adds the public name and where the model runs. Input checks, `ModelInfo`, the Open
-Inference Protocol metadata, metrics and the CLI all read this one object; nobody reads the engine's model.
+`min_latent_area`); this adds the public name, where the model runs, and the config of its learned prior when the
+checkpoint has one (`prior/`). Input checks, `ModelInfo`, the Open Inference Protocol metadata, metrics and the CLI
+all read this one object; nobody reads the engine's model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.config import VQModelConfig
+from model.prior import PriorConfig
 
 
 @dataclass(frozen=True)
@@ -18,3 +20,4 @@ class ModelFacts:
     config: VQModelConfig
     device: str  # e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "float32", "bfloat16"
+    prior: PriorConfig | None = None  # the prior over the codes (/generate, /complete, return_nll); None: none

@@ -3,12 +3,14 @@ batcher, pick the reply format. Handlers never compute tensors themselves."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from .. import tiles
+from .. import sampling, tiles
+from ..batching import Ticket
 from ..codecs import write_image
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
@@ -21,7 +23,7 @@ from ..inputs import (
     latent_factors,
     prepare_images,
 )
-from ..ops import LatentDecode, Op
+from ..ops import LatentDecode, Op, PriorNLL
 from ..protocols.rest import (
     crop_outputs,
     encode_binary,
@@ -105,17 +107,40 @@ async def encode(
     services: ServicesDep,
     model: ModelQuery = None,
     return_latents: Annotated[bool, Query(description="also return the latents before quantization")] = False,
+    return_nll: Annotated[
+        bool, Query(description="also return nll_bits: mean bits per code under the model's prior (422 no_prior)")
+    ] = False,
+    label: Annotated[
+        int | None, Query(description="with return_nll: the class the likelihood is conditioned on; -1: none")
+    ] = None,
 ) -> Response:
-    """Encode images to codebook indices (and optionally latents)."""
+    """Encode images to codebook indices (and optionally latents, and their likelihood under the prior)."""
     facts = services.model(model)
+    nll_label = sampling.check_label(facts, label) if return_nll else None  # 422 no_prior before any work
     async with admit(request, services, facts) as ticket:
         inputs, batch_form = await _images(request, services, facts)
         results = (await tiles.run(ticket, services, facts, Op.ENCODE, [i.tensor for i in inputs])).values
+        nll = await _nll(ticket, services, facts, results, nll_label) if return_nll else None
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.offload("tensor_encode", encode_binary, results)
-        return tensor_response(body, shape, "int32", "application/octet-stream")
-    content = await services.offload("json_encode", encode_json, facts, inputs, results, batch_form, return_latents)
+        response = tensor_response(body, shape, "int32", "application/octet-stream")
+        if nll is not None:
+            response.headers["x-nll-bits"] = json.dumps(nll)
+        return response
+    content = await services.offload(
+        "json_encode", encode_json, facts, inputs, results, batch_form, return_latents, nll
+    )
     return Response(content, media_type="application/json")
+
+
+async def _nll(
+    ticket: Ticket, services: Services, facts: ModelFacts, results: list[Any], label: int | None
+) -> list[float]:
+    """Each encoded grid's mean bits per code under the model's prior (batched with other requests' grids)."""
+    grids = sampling.nll_inputs(results)
+    for shape in {tuple(grid.shape) for grid in grids}:
+        sampling.check_fits(services, facts, (shape[0], shape[1]))
+    return list((await ticket.run(Op.PRIOR_NLL, grids, PriorNLL(label))).values)
 
 
 @router.post(
