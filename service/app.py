@@ -125,7 +125,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-psnr", "x-tiles", "x-seed", "x-nll-bits", "shape", "dtype", "retry-after"],
+            expose_headers=[
+                "x-request-id",
+                "x-psnr",
+                "x-tiles",
+                "x-seed",
+                "x-nll-bits",
+                "shape",
+                "dtype",
+                "retry-after",
+            ],
         )
     app.add_middleware(RequestContextMiddleware, on_inference_end=work_ended.set)
     install_schema(app, (*inference.OPENAPI_MODELS, *generation.OPENAPI_MODELS))

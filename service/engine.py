@@ -164,7 +164,9 @@ class Engine:
         try:
             prior = load_prior_for(self.spec.directory, config)
         except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"model {self.name!r}: cannot load its prior from {self.spec.directory}: {exc}") from exc
+            raise ModelLoadError(
+                f"model {self.name!r}: cannot load its prior from {self.spec.directory}: {exc}"
+            ) from exc
         if prior is None:
             return None
         self.prior = prior.to(device=device, dtype=torch.float32).eval()
@@ -362,16 +364,14 @@ def _labels(prior: PixelCNNPrior, labels: list[int | None], device: torch.device
     return torch.tensor([none if label is None else label for label in labels], dtype=torch.long, device=device)
 
 
-def _prior_device(prior: PixelCNNPrior) -> torch.device:
-    return next(prior.parameters()).device
-
-
 def _prior_step(prior: PixelCNNPrior, payloads: list[PriorStep]) -> list[int]:
     """One raster step of each sample in the batch: the prior's logits for every grid, then each sample's code at
-    its own cell drawn with its own generator (on the CPU, where generators are cheap and reproducible)."""
-    device = _prior_device(prior)
-    grids = torch.stack([p.indices for p in payloads]).to(device)  # (B, H, W)
-    logits = prior(grids, _labels(prior, [p.label for p in payloads], device))  # (B, K, H, W)
+    its own cell drawn with its own generator (on the CPU, where generators are cheap and reproducible). The
+    prior is causal, so rows below the lowest cell asked for cannot matter and are left out."""
+    device = prior.device
+    last_row = max(p.cell[0] for p in payloads)
+    grids = torch.stack([p.indices[: last_row + 1] for p in payloads]).to(device)  # (B, last_row + 1, W)
+    logits = prior(grids, _labels(prior, [p.label for p in payloads], device))  # (B, K, last_row + 1, W)
     batch = torch.arange(len(payloads), device=device)
     rows = torch.tensor([p.cell[0] for p in payloads], device=device)
     cols = torch.tensor([p.cell[1] for p in payloads], device=device)
@@ -380,7 +380,7 @@ def _prior_step(prior: PixelCNNPrior, payloads: list[PriorStep]) -> list[int]:
 
 
 def _prior_nll(prior: PixelCNNPrior, payloads: list[Any], params: PriorNLL) -> list[float]:
-    device = _prior_device(prior)
+    device = prior.device
     grids = torch.stack(payloads).to(device).long()  # (B, h, w)
     bits = nll_bits(prior, grids, _labels(prior, [params.label] * len(payloads), device))  # (B,)
     return [float(b) for b in bits.float().cpu()]

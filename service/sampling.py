@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.prior import PriorConfig
+from model.prior import PriorConfig, generator_for
 
 from . import tiles
 from .batching import Ticket
@@ -34,8 +34,6 @@ from .inputs import check_count, check_latent_area, parse_json
 from .ops import Op, PriorStep
 from .runtime import Services
 from .schemas import MAX_SEED, CompleteRequest, GenerateRequest
-
-SEED_STRIDE = 1_000_003  # sample b of seed s draws with the generator seeded s * SEED_STRIDE + b (model/prior)
 
 
 @dataclass(frozen=True)
@@ -77,16 +75,14 @@ class Sampled:
         return list(self.grids[0].shape)
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of sample `index` of `seed`: the same one model.prior's `sample` uses."""
-    return torch.Generator().manual_seed(seed * SEED_STRIDE + index)
-
-
 def raster_steps(job: SamplingJob) -> Generator[list[PriorStep], list[int], list[torch.Tensor]]:
     """The request's steps: yields one PriorStep per sample for each cell, is sent the codes drawn, writes them
     into the grids; returns the grids."""
     draw = job.draw
-    generators = [sample_generator(draw.seed, draw.first_sample + b) for b in range(draw.count)]
+    generators = [
+        generator_for(draw.seed, draw.first_sample + b)  # as model.prior.sample draws
+        for b in range(draw.count)
+    ]
     for cell in job.cells:
         steps = [
             PriorStep(grid, cell, draw.label, draw.temperature, draw.top_k, generator)

@@ -147,7 +147,7 @@ class DecodeJSONResponse(BaseModel):
 
 # sampling from a model's prior: /generate and /complete (service/sampling.py)
 MAX_SEED = 2**32 - 1
-MAX_FIRST_SAMPLE = 2**20
+MAX_FIRST_SAMPLE = 1_000_000  # below model.prior.SEED_STRIDE: the samples of two seeds never coincide
 
 
 class GenerateRequest(BaseModel):
@@ -160,7 +160,11 @@ class GenerateRequest(BaseModel):
         None, ge=-1, description="class of a conditional prior, 0 .. num_labels-1; omitted, null or -1: unconditional"
     )
     temperature: StrictFloat = Field(
-        1.0, gt=0, le=100, allow_inf_nan=False, description="logits are divided by it: < 1 sharper, > 1 more varied"
+        1.0,
+        ge=1e-3,
+        le=100,
+        allow_inf_nan=False,
+        description="logits are divided by it: < 1 sharper, > 1 more varied; 0.001 .. 100 (below, the draw is the most likely code already, and dividing by less may overflow)",
     )
     top_k: StrictInt | None = Field(
         None, ge=1, description="draw among the k most likely codes (at most the codebook size); null: all"

@@ -84,8 +84,14 @@ def images_binary(outputs: list[np.ndarray]) -> tuple[bytes, list[int]]:
     return stacked.tobytes(), list(stacked.shape)
 
 
-def samples_json(model: str, seed: int, grids: list[torch.Tensor], images: list[np.ndarray], fmt: str,
-                 options: codecs.ImageCompression) -> bytes:
+def samples_json(
+    model: str,
+    seed: int,
+    grids: list[torch.Tensor],
+    images: list[np.ndarray],
+    fmt: str,
+    options: codecs.ImageCompression,
+) -> bytes:
     """/generate and /complete as JSON: each sample's code grid and its image (base64)."""
     samples = [
         {"indices": grid.tolist(), "image": codecs.b64encode(codecs.write_image(image, fmt, options))}
