@@ -15,8 +15,9 @@ so small requests interleave with it. The batch goes to the engine at once when 
 idle, unless other admitted requests are still decoding their inputs: then it waits for them up to `max_wait_s`
 from the oldest item's arrival. A request that steps (sampling from a prior, service/sampling.py) says
 `continues=True` on each run but its last: until its next run it counts as decoding again, from the moment its
-results came back, so the steps of concurrent requests keep riding one batch instead of taking turns. Items whose deadline passed or whose client left are dropped before compute; a
-failing batch fails only its own items (500) and the worker carries on. All queue state and counters live here;
+results came back, so the steps of concurrent requests keep riding one batch instead of taking turns. Items
+whose deadline passed or whose client left are dropped before compute; a failing batch fails only its own items
+(500) and the worker carries on. All queue state and counters live here;
 this module never touches the model and knows nothing of HTTP.
 """
 

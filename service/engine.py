@@ -22,8 +22,8 @@ from model import VQModel
 from model.checkpoint import CheckpointError
 from model.config import VQModelConfig
 from model.device import DeviceError, resolve_device
-from model.prior import PixelCNNPrior, PriorConfig, load_prior_for, nll_bits, sample_cell
 from model.pixels import to_uint8, to_unit_range
+from model.prior import PixelCNNPrior, PriorConfig, load_prior_for, nll_bits, sample_cell
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
 from . import metrics

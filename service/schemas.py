@@ -164,7 +164,8 @@ class GenerateRequest(BaseModel):
         ge=1e-3,
         le=100,
         allow_inf_nan=False,
-        description="logits are divided by it: < 1 sharper, > 1 more varied; 0.001 .. 100 (below, the draw is the most likely code already, and dividing by less may overflow)",
+        description="logits are divided by it: < 1 sharper, > 1 more varied; 0.001 .. 100 (below 0.001 the draw is "
+        "the most likely code already, and dividing by less may overflow)",
     )
     top_k: StrictInt | None = Field(
         None, ge=1, description="draw among the k most likely codes (at most the codebook size); null: all"

@@ -1,7 +1,8 @@
 """Session fixtures every test package shares: the tiny test checkpoints (`tests/support/checkpoints.py`).
 
 A fixture name is one model everywhere: `tiny_checkpoint` is `TINY_RGB` (seed 0), `gray_checkpoint` is `TINY_GRAY`
-(seed 1), `tiny_prior_checkpoint` is `TINY_RGB` (seed 0) with a `TINY_PRIOR` (seed 0) in its `prior/`. A package that needs another size names its fixture after that size (`tests/reliability/conftest.py`).
+(seed 1), `tiny_prior_checkpoint` is `TINY_RGB` (seed 0) with a `TINY_PRIOR` (seed 0) in its `prior/`. A package
+that needs another size names its fixture after that size (`tests/reliability/conftest.py`).
 """
 
 from __future__ import annotations

@@ -119,8 +119,12 @@ async def encode(
     nll_label = sampling.check_label(facts, label) if return_nll else None  # 422 no_prior before any work
     async with admit(request, services, facts) as ticket:
         inputs, batch_form = await _images(request, services, facts)
+        if return_nll:  # 413 before encoding for a grid the prior cannot run on within the memory budget
+            factor = facts.config.downsample_factor
+            for h, w in {(i.tensor.shape[-2] // factor, i.tensor.shape[-1] // factor) for i in inputs}:
+                sampling.check_fits(services, facts, (h, w))
         results = (await tiles.run(ticket, services, facts, Op.ENCODE, [i.tensor for i in inputs])).values
-        nll = await _nll(ticket, services, facts, results, nll_label) if return_nll else None
+        nll = await _nll(ticket, results, nll_label) if return_nll else None
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.offload("tensor_encode", encode_binary, results)
         response = tensor_response(body, shape, "int32", "application/octet-stream")
@@ -133,14 +137,9 @@ async def encode(
     return Response(content, media_type="application/json")
 
 
-async def _nll(
-    ticket: Ticket, services: Services, facts: ModelFacts, results: list[Any], label: int | None
-) -> list[float]:
+async def _nll(ticket: Ticket, results: list[Any], label: int | None) -> list[float]:
     """Each encoded grid's mean bits per code under the model's prior (batched with other requests' grids)."""
-    grids = sampling.nll_inputs(results)
-    for shape in {tuple(grid.shape) for grid in grids}:
-        sampling.check_fits(services, facts, (shape[0], shape[1]))
-    return list((await ticket.run(Op.PRIOR_NLL, grids, PriorNLL(label))).values)
+    return list((await ticket.run(Op.PRIOR_NLL, sampling.nll_inputs(results), PriorNLL(label))).values)
 
 
 @router.post(
