@@ -70,10 +70,6 @@ class Sampled:
     grids: list[torch.Tensor]  # (h, w) int64
     images: list[np.ndarray]  # (H, W, C) uint8
 
-    @property
-    def shape(self) -> list[int]:
-        return list(self.grids[0].shape)
-
 
 def raster_steps(job: SamplingJob) -> Generator[list[PriorStep], list[int], list[torch.Tensor]]:
     """The request's steps: yields one PriorStep per sample for each cell, is sent the codes drawn, writes them
