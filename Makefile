@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint unit bench train train-data train-digits clean
+.PHONY: setup serve test lint unit bench train train-data train-digits train-prior clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,11 @@ train: $(STAMP) $(OPENCV_PHOTOS)
 train-digits: $(STAMP)
 	$(BIN)/python -m model.train --preset digits --out model/weights/digits --threads 1
 	$(BIN)/python -m model.training.card grid model/weights/digits
+
+# The digits model's class-conditional PixelCNN prior (model/weights/digits/prior), then its model card's figures.
+train-prior: $(STAMP)
+	$(BIN)/python -m model.train_prior --vq model/weights/digits --steps 1500 --batch-size 32 --threads 2 --seed 0
+	$(BIN)/python -m model.training.prior_card all model/weights/digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -119,6 +119,14 @@ def digits(channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return big[:-DIGITS_EVAL], big[-DIGITS_EVAL:]
 
 
+def digit_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes (0-9) of `digits()`'s images, split the same way -> (train (N,), eval (300,)) int64."""
+    import sklearn.datasets
+
+    target = torch.from_numpy(sklearn.datasets.load_digits().target.astype(np.int64))
+    return target[:-DIGITS_EVAL], target[-DIGITS_EVAL:]
+
+
 def is_gray(pixels: torch.Tensor) -> bool:
     """True for a (C, H, W) image whose channels are all equal (a grayscale photo converted to RGB)."""
     return bool(pixels.shape[0] == 1 or (pixels[1:] == pixels[:1]).all())
