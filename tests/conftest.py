@@ -1,8 +1,9 @@
 """Session fixtures every test package shares: the tiny test checkpoints (`tests/support/checkpoints.py`).
 
 A fixture name is one model everywhere: `tiny_checkpoint` is `TINY_RGB` (seed 0), `gray_checkpoint` is `TINY_GRAY`
-(seed 1), `tiny_prior_checkpoint` is `TINY_RGB` (seed 0) with a `TINY_PRIOR` (seed 0) in its `prior/`. A package
-that needs another size names its fixture after that size (`tests/reliability/conftest.py`).
+(seed 1), `tiny_prior_checkpoint` is `TINY_RGB` (seed 0) with a random prior (`tests/support/priors.py`, seed 0)
+in its `prior/`. A package that needs another size names its fixture after that size
+(`tests/reliability/conftest.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import TINY_GRAY, TINY_RGB, add_prior, build_checkpoint
+from tests.support.checkpoints import TINY_GRAY, TINY_RGB, build_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -26,4 +27,11 @@ def gray_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prior_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return add_prior(build_checkpoint(tmp_path_factory.mktemp("tiny-prior"), TINY_RGB))
+    """A class-conditional prior (3 labels) over TINY_RGB's 64 codes, on 4x4 grids (8x8 images at its factor 2):
+    16 raster steps a sample, milliseconds each on one CPU thread."""
+    from model.prior import PRIOR_SUBFOLDER  # imported here: loading this conftest stays free of torch
+    from tests.support.priors import tiny_prior
+
+    path = build_checkpoint(tmp_path_factory.mktemp("tiny-prior"), TINY_RGB)
+    tiny_prior(64, (4, 4), num_labels=3).save_pretrained(path / PRIOR_SUBFOLDER)
+    return path

@@ -22,7 +22,7 @@ from tests.support.constants import PNG
 from tests.support.images import decode_png, png
 from tests.support.servers import app_client
 
-GRID = (4, 4)  # TINY_PRIOR's trained grid: an 8x8 image at TINY_RGB's factor 2
+GRID = (4, 4)  # tiny_prior_checkpoint's trained grid: an 8x8 image at TINY_RGB's factor 2
 
 
 @pytest.fixture(scope="module")

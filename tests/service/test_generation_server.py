@@ -24,7 +24,7 @@ from tests.support.images import png
 from tests.support.servers import Server, serve_in_thread
 
 pytestmark = pytest.mark.timeout(180)
-CELLS = 16  # TINY_PRIOR's 4x4 grid: steps per sample
+CELLS = 16  # the 4x4 grid of tiny_prior_checkpoint's prior: steps per sample
 
 
 @pytest.fixture(scope="module")

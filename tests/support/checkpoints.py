@@ -56,20 +56,6 @@ TINY_RGB_8CH: Mapping[str, Any] = MappingProxyType(
 )
 
 
-# A class-conditional gated PixelCNN prior over `TINY_RGB`'s 64 codes, trained (it is not: random weights) on 4x4
-# code grids (8x8 images at TINY_RGB's factor 2): 16 raster steps a sample, milliseconds each on one CPU thread.
-TINY_PRIOR: Mapping[str, Any] = MappingProxyType(
-    {
-        "num_vq_embeddings": 64,
-        "grid_size": (4, 4),
-        "num_labels": 3,
-        "hidden_channels": 16,
-        "num_layers": 2,
-        "output_channels": 32,
-    }
-)
-
-
 def build_checkpoint(path: Path, size: Mapping[str, Any] = TINY_RGB, seed: int = 0) -> Path:
     """Save a VQModel of `size` with random weights drawn after `torch.manual_seed(seed)` to `path`; return `path`."""
     import torch  # imported here, so that importing this module (as the offline deploy checks do) stays cheap
@@ -79,15 +65,3 @@ def build_checkpoint(path: Path, size: Mapping[str, Any] = TINY_RGB, seed: int =
     torch.manual_seed(seed)
     VQModel(**size).save_pretrained(path)
     return path
-
-
-def add_prior(vq_dir: Path, size: Mapping[str, Any] = TINY_PRIOR, seed: int = 0) -> Path:
-    """Save a PixelCNNPrior of `size` with random weights drawn after `torch.manual_seed(seed)` into `vq_dir/prior`
-    (where the service looks for a model's prior); return `vq_dir`."""
-    import torch
-
-    from model.prior import PixelCNNPrior, PriorConfig
-
-    torch.manual_seed(seed)
-    PixelCNNPrior(PriorConfig(**size)).save_pretrained(vq_dir / "prior")
-    return vq_dir
