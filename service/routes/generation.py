@@ -21,10 +21,12 @@ from .openapi import BINARY, binary, replies, request_body
 
 router = APIRouter(tags=["generation"], dependencies=InferenceGuard)
 
-SAMPLE_TYPES = ["application/json", "image/png", "tensor/binary", "application/octet-stream"]
+# what a reply may be: one sample is a PNG by default, several JSON (`*/*` included), as /decode answers
+ONE_SAMPLE = ["image/png", "application/json", "tensor/binary", "application/octet-stream"]
+SEVERAL_SAMPLES = ["application/json", "tensor/binary", "application/octet-stream"]
 SAMPLE_REPLIES = replies(
-    "The samples: JSON with each one's code grid and base64 PNG; one PNG (count 1); or uint8 (B, H, W, C) as "
-    "tensor/binary. Header x-seed: the seed they were drawn with",
+    "The samples: one PNG (count 1: the default); JSON with each one's code grid and base64 PNG (the default for "
+    "several); or uint8 (B, H, W, C) as tensor/binary. Header x-seed: the seed they were drawn with",
     {
         "application/json": {"schema": {"$ref": "#/components/schemas/GenerateResponse"}},
         **binary("image/png"),
@@ -37,10 +39,12 @@ def _json_body(name: str) -> dict[str, object]:
     return request_body({"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}})
 
 
-def _wanted(request: Request) -> str:
-    wanted = negotiate(request, SAMPLE_TYPES)
+def _wanted(request: Request, count: int) -> str:
+    """The reply's media type for `count` samples; 406 (before any sampling) when Accept names none of them."""
+    wanted = negotiate(request, ONE_SAMPLE if count == 1 else SEVERAL_SAMPLES)
     if wanted is None:
-        raise ServiceError("not_acceptable", "samples can be application/json, image/png (one) or tensor/binary")
+        forms = "image/png, application/json or tensor/binary" if count == 1 else "application/json or tensor/binary"
+        raise ServiceError("not_acceptable", f"{count} sample(s) can be {forms} (one PNG holds one sample)")
     return wanted
 
 
@@ -52,13 +56,6 @@ async def _json(request: Request) -> bytes:
             "unsupported_media_type", f"Content-Type {kind or '(none)'!r} is not accepted; send application/json"
         )
     return body
-
-
-def _check_reply(wanted: str, count: int) -> None:
-    if wanted == "image/png" and count > 1:
-        raise ServiceError(
-            "not_acceptable", f"{count} samples cannot be one PNG; ask for application/json or tensor/binary"
-        )
 
 
 async def _reply(services: Services, facts: ModelFacts, sampled: sampling.Sampled, wanted: str) -> Response:
@@ -83,13 +80,12 @@ async def generate(request: Request, services: ServicesDep, model: ModelQuery = 
     """Draw new code grids from the model's prior (of the grid shape it was trained on) and decode them."""
     facts = services.model(model)
     sampling.check_prior(facts)  # 422 no_prior before the body is read
-    wanted = _wanted(request)
     async with admit(request, services, facts) as ticket:
         body = await _json(request)
         job = await services.offload(
             "json_decode", sampling.generation_job, body, facts, services.settings.max_images_per_request
         )
-        _check_reply(wanted, job.draw.count)
+        wanted = _wanted(request, job.draw.count)
         sampling.check_fits(services, facts, job.shape)
         sampled = await sampling.draw(ticket, services, facts, job)
     return await _reply(services, facts, sampled, wanted)
@@ -100,7 +96,6 @@ async def complete(request: Request, services: ServicesDep, model: ModelQuery = 
     """Redraw the cells of a code grid where `mask` is 1 from the model's prior, keeping the others, and decode."""
     facts = services.model(model)
     sampling.check_prior(facts)
-    wanted = _wanted(request)
     settings = services.settings
     async with admit(request, services, facts) as ticket:
         body = await _json(request)
@@ -112,7 +107,7 @@ async def complete(request: Request, services: ServicesDep, model: ModelQuery = 
             settings.max_images_per_request,
             settings.max_pixels,
         )
-        _check_reply(wanted, job.draw.count)
+        wanted = _wanted(request, job.draw.count)
         sampling.check_fits(services, facts, job.shape)
         sampled = await sampling.draw(ticket, services, facts, job)
     return await _reply(services, facts, sampled, wanted)

@@ -22,6 +22,7 @@ from tests.support.constants import PNG
 from tests.support.images import decode_png, png
 from tests.support.servers import app_client
 
+JSON = {"accept": "application/json"}
 GRID = (4, 4)  # tiny_prior_checkpoint's trained grid: an 8x8 image at TINY_RGB's factor 2
 
 
@@ -89,9 +90,11 @@ def test_an_omitted_seed_is_random_and_reported(client: TestClient) -> None:
     assert replies[0]["seed"] != replies[1]["seed"]
     again = client.post("/generate", json={"count": 2, "seed": replies[0]["seed"]}).json()
     assert again["samples"] == replies[0]["samples"]
-    empty = client.post("/generate")  # no body at all: every default (one sample)
+    empty = client.post("/generate")  # no body at all: every default (one sample, as a PNG)
     assert empty.status_code == 200, empty.text
-    assert len(empty.json()["samples"]) == 1
+    assert empty.headers["content-type"] == "image/png"
+    assert decode_png(empty.content).shape == (8, 8, 3)
+    assert int(empty.headers["x-seed"]) >= 0
 
 
 def test_generate_replies_by_accept(client: TestClient) -> None:
@@ -107,9 +110,12 @@ def test_generate_replies_by_accept(client: TestClient) -> None:
     assert (json.loads(tensor.headers["shape"]), tensor.headers["dtype"]) == ([2, 8, 8, 3], "uint8")
     assert tensor.headers["x-seed"] == "3"
     assert np.array_equal(np.frombuffer(tensor.content, np.uint8).reshape(2, 8, 8, 3), pixels)
-    one = client.post("/generate", json={**body, "count": 1}, headers={"accept": "image/png"})
-    assert one.headers["content-type"] == "image/png"
-    assert np.array_equal(decode_png(one.content), pixels[0])
+    for accept in ({"accept": "image/png"}, {}, {"accept": "*/*"}):  # one sample: a PNG by default
+        one = client.post("/generate", json={**body, "count": 1}, headers=accept)
+        assert one.headers["content-type"] == "image/png"
+        assert np.array_equal(decode_png(one.content), pixels[0])
+    for accept in ({}, {"accept": "*/*"}):  # several: JSON by default
+        assert client.post("/generate", json=body, headers=accept).json() == reply
     several = client.post("/generate", json=body, headers={"accept": "image/png"})
     assert several.status_code == 406
     assert "application/json" in several.json()["error"]["message"]
@@ -133,12 +139,14 @@ def test_complete_keeps_unmasked_cells_and_redraws_the_rest(client: TestClient, 
     expected = sample(prior, 4, label=2, seed=11, indices=torch.from_numpy(indices), mask=torch.from_numpy(mask))
     assert np.array_equal(drawn, expected.numpy())
     # a mask of zeros keeps the grid; the reply is the grid decoded
-    same = client.post("/complete", json={**body, "mask": np.zeros(GRID, int).tolist(), "count": 1}).json()
+    same = client.post("/complete", json={**body, "mask": np.zeros(GRID, int).tolist(), "count": 1}, headers=JSON)
+    same = same.json()
     assert grids(same).tolist() == [indices.tolist()]
     decoded = client.post("/decode", json={"indices": indices.tolist()})
     assert np.array_equal(images(same)[0], decode_png(decoded.content))
     # any grid shape the VQ model decodes, not only the prior's trained one
-    wide = client.post("/complete", json={"indices": [[5] * 6] * 2, "mask": [[0] * 6, [0, 0, 1, 1, 0, 0]]})
+    wide_grid = {"indices": [[5] * 6] * 2, "mask": [[0] * 6, [0, 0, 1, 1, 0, 0]]}
+    wide = client.post("/complete", json=wide_grid, headers=JSON)
     assert wide.status_code == 200, wide.text
     assert wide.json()["shape"] == [2, 6]
     assert images(wide.json()).shape == (1, 4, 12, 3)

@@ -41,7 +41,7 @@ def engine_of(server: Server) -> Engine:
 
 
 def generate(server: Server, **body: Any) -> list[list[list[int]]]:
-    response = httpx.post(f"{server.url}/generate", json=body, timeout=120)
+    response = httpx.post(f"{server.url}/generate", json=body, headers={"accept": "application/json"}, timeout=120)
     assert response.status_code == 200, response.text
     return [sample["indices"] for sample in response.json()["samples"]]
 
