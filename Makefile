@@ -62,7 +62,7 @@ train-digits: $(STAMP)
 
 # The digits model's class-conditional PixelCNN prior (model/weights/digits/prior), then its model card's figures.
 train-prior: $(STAMP)
-	$(BIN)/python -m model.train_prior --vq model/weights/digits --steps 1500 --batch-size 32 --threads 2 --seed 0
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m model.train_prior --vq model/weights/digits --threads 1 --seed 0
 	$(BIN)/python -m model.training.prior_card all model/weights/digits
 
 clean:

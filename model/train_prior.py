@@ -8,7 +8,8 @@ images are never used for that, so the card's held-out figures are unbiased. At 
 written to --out (default VQ_DIR/prior: config.json, prior.safetensors, training.json); the full state (optimizer
 included) goes to --state for --resume.
 
-Training-only: runs from a checkout, as `model.train`.
+The defaults are the settings of the shipped digits prior (`make train-prior`). Training-only: runs from a checkout,
+as `model.train`.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m model.train_prior", description=__doc__.splitlines()[0])
     parser.add_argument("--vq", type=Path, required=True, help="the VQ checkpoint directory whose codes to model")
     parser.add_argument("--out", type=Path, help=f"where to write the prior (default VQ/{PRIOR_SUBFOLDER})")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, cosine decay)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     parser.add_argument("--label-dropout", type=float, default=0.2, help="probability of training without label")
     parser.add_argument("--val", type=int, default=150, help="grids of the training split kept for selection")
     parser.add_argument("--eval-every", type=int, default=100)
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-layers", type=int, default=6)
     parser.add_argument("--kernel-size", type=int, default=3)
     parser.add_argument("--output-channels", type=int, default=128)
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--unconditional", action="store_true", help="train without labels (num_labels 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")

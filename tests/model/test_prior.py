@@ -19,6 +19,7 @@ from model.prior import (
     sample,
     sample_cell,
 )
+from tests.model.test_imports import TRAINING_AND_DEV_ONLY, loaded_after
 from tests.support.priors import build_prior, tiny_prior
 
 H, W, K = 5, 6, 16
@@ -203,3 +204,10 @@ def test_load_prior_for_finds_checks_and_refuses(tmp_path: Path) -> None:
     (tmp_path / "prior" / "prior.safetensors").unlink()
     with pytest.raises(CheckpointError, match="prior.safetensors"):
         load_prior_for(tmp_path, vq_config)
+
+
+def test_the_prior_package_loads_no_training_code() -> None:
+    """The service imports model.prior: like the VQ model's serving modules, it must not pull in training."""
+    loaded = loaded_after("model.prior")
+    banned = (*TRAINING_AND_DEV_ONLY, "model.train_prior")
+    assert not sorted(name for name in loaded if any(name == b or name.startswith(b + ".") for b in banned))

@@ -14,7 +14,9 @@ import torch
 from model.prior import PRIOR_SUBFOLDER, PixelCNNPrior, PriorConfig
 
 
-def tiny_prior(num_vq_embeddings: int = 16, grid_size: tuple[int, int] = (5, 6), num_labels: int = 3, seed: int = 0):
+def tiny_prior(
+    num_vq_embeddings: int = 16, grid_size: tuple[int, int] = (5, 6), num_labels: int = 3, seed: int = 0
+) -> PixelCNNPrior:
     """A seeded random-init prior in eval mode."""
     torch.manual_seed(seed)
     config = PriorConfig(
