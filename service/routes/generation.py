@@ -35,8 +35,10 @@ SAMPLE_REPLIES = replies(
 )
 
 
-def _json_body(name: str) -> dict[str, object]:
-    return request_body({"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}})
+def _json_body(name: str, required: bool = True) -> dict[str, object]:
+    extra = request_body({"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}})
+    extra["requestBody"]["required"] = required
+    return extra
 
 
 def _wanted(request: Request, count: int) -> str:
@@ -75,7 +77,12 @@ async def _reply(services: Services, facts: ModelFacts, sampled: sampling.Sample
     return response
 
 
-@router.post("/generate", response_model=None, openapi_extra=_json_body("GenerateRequest"), responses=SAMPLE_REPLIES)
+@router.post(
+    "/generate",
+    response_model=None,
+    openapi_extra=_json_body("GenerateRequest", required=False),
+    responses=SAMPLE_REPLIES,
+)
 async def generate(request: Request, services: ServicesDep, model: ModelQuery = None) -> Response:
     """Draw new code grids from the model's prior (of the grid shape it was trained on) and decode them."""
     facts = services.model(model)
