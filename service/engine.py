@@ -267,9 +267,9 @@ class Engine:
 
 
 def prior_activation_bytes_per_cell(config: PriorConfig) -> int:
-    """float32 bytes one code cell takes in a prior forward: the one-hot input and the logits (K each), and a
-    vertical and a horizontal stack of hidden features per layer (with their gates: twice the width), kept
-    alive together as an upper bound."""
+    """float32 bytes one code cell takes in a prior forward, as an upper bound: the logits and their softmax (K
+    each), and a vertical and a horizontal stack of hidden features per layer (with their gates: twice the
+    width), as if all were alive at once."""
     hidden = 2 * 2 * config.hidden_channels * config.num_layers
     return 4 * (2 * config.num_vq_embeddings + hidden)
 
