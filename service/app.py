@@ -23,7 +23,7 @@ from . import metrics
 from .error_handlers import install_handlers
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
 from .ops import Op
-from .routes import health, inference, models, oip, remote, web
+from .routes import generation, health, inference, models, oip, remote, web
 from .routes.openapi import install_schema
 from .runtime import Services
 from .settings import Settings
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_handlers(app)
     app.include_router(inference.router)
+    app.include_router(generation.router)  # sampling from a model's prior
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(remote.router)  # diffusers' remote VAE protocol
@@ -151,8 +152,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-psnr", "x-tiles", "shape", "dtype", "image_size", "retry-after"],
+            expose_headers=[
+                "x-request-id",
+                "x-psnr",
+                "x-tiles",
+                "x-seed",
+                "x-nll-bits",
+                "shape",
+                "dtype",
+                "image_size",
+                "retry-after",
+            ],
         )
     app.add_middleware(RequestContextMiddleware, on_inference_end=work_ended.set)
-    install_schema(app, inference.OPENAPI_MODELS)
+    install_schema(app, (*inference.OPENAPI_MODELS, *generation.OPENAPI_MODELS))
     return app

@@ -13,8 +13,12 @@ items, `max_batch_pixels` image pixels and `max_batch_bytes` of activation memor
 runs several times (the tiles of a large image, service/tiles.py) queues each run behind what arrived meanwhile,
 so small requests interleave with it. The batch goes to the engine at once when the engine is
 idle, unless other admitted requests are still decoding their inputs: then it waits for them up to `max_wait_s`
-from the oldest item's arrival. Items whose deadline passed or whose client left are dropped before compute; a
-failing batch fails only its own items (500) and the worker carries on. All queue state and counters live here;
+from the oldest item's arrival. A request that steps (sampling from a prior, service/sampling.py) says
+`continues=True` on each run but its last: from the moment its results are set until its next run it counts as
+decoding again (and the wait runs from that moment), so the steps of concurrent requests keep riding one batch
+instead of taking turns with the engine. Items
+whose deadline passed or whose client left are dropped before compute; a failing batch fails only its own items
+(500) and the worker carries on. All queue state and counters live here;
 this module never touches the model and knows nothing of HTTP.
 """
 
@@ -122,6 +126,8 @@ class Ticket:
         self.worker = worker
         self.arrival = arrival
         self.deadline = deadline
+        self.continues = False  # its current run is followed by another at once (`run(continues=True)`)
+        self._futures: list[asyncio.Future[Any]] = []  # of its current run's items
         self._disconnected = disconnected
         self.decoding = True  # counted in worker.decoding until its first run or its end
         self.holds_slot = True  # counted in batcher.pending until its items started compute or it ends
@@ -136,8 +142,13 @@ class Ticket:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def run(self, op: Op, inputs: Sequence[Payload], params: OpParams | None = None) -> Outcome:
-        """Compute `op` on every input (batched with everyone's items of the same op, shape and params)."""
+    async def run(
+        self, op: Op, inputs: Sequence[Payload], params: OpParams | None = None, *, continues: bool = False
+    ) -> Outcome:
+        """Compute `op` on every input (batched with everyone's items of the same op, shape and params).
+
+        `continues`: the request runs again as soon as these results are back (the next step of a sampling
+        loop), so batches may wait for it up to `max_wait_s` as for a request still decoding."""
         checked = check_params(op, params)
         if self.abandoned:
             raise ServiceError("deadline_exceeded", "the request was dropped before its items were queued")
@@ -146,12 +157,14 @@ class Ticket:
         engine = self.worker.engine
         items = [Item(op, t, checked, engine.cost(op, tuple(t.shape)), self) for t in inputs]
         self._waiting = len(items)
+        self.continues = continues
+        self._futures = [item.future for item in items]
         batcher.decoded(self)
         if not items:
             batcher.release(self)
             return Outcome([])
         self.worker.put(items)
-        values = await self._wait([item.future for item in items])
+        values = await self._wait(self._futures)
         records = {id(item.batch): item.batch for item in items if item.batch is not None}
         outcome = Outcome(
             values,
@@ -183,6 +196,10 @@ class Ticket:
                 watcher.exception()  # a receive that failed means the same: nobody is listening
             raise ServiceError("client_closed", "the client closed the connection before the result was ready")
         raise ServiceError("deadline_exceeded", "the request deadline (VQSERVE_REQUEST_TIMEOUT_S) passed")
+
+    def answered(self) -> bool:
+        """Every item of its current run has its result."""
+        return all(f.done() and not f.cancelled() and f.exception() is None for f in self._futures)
 
     def item_started(self) -> None:
         self._waiting -= 1
@@ -226,7 +243,8 @@ class ModelWorker:
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
-        self.decoding = 0  # admitted requests still decoding their inputs: a batch may wait for them
+        self.decoding = 0  # admitted requests still decoding their inputs (or between steps): a batch may wait for them
+        self.returned_at = 0.0  # when stepping requests last got their results (a batch may wait for them from then)
         self.task: asyncio.Task[None] | None = None
 
     def put(self, items: list[Item]) -> None:
@@ -290,14 +308,15 @@ class ModelWorker:
                 continue
             key, count = self._candidate()
             queue = self.queues[key]
-            waited = time.monotonic() - queue[0].ticket.arrival
+            waited = time.monotonic() - max(queue[0].ticket.arrival, self.returned_at)
             full = count == policy.max_batch_size or count < len(queue)
             if full or self.decoding <= 0 or waited >= policy.max_wait_s:
                 batch = [queue.popleft() for _ in range(count)]
                 if not queue:
                     del self.queues[key]
                 return batch
-            # more admitted requests are still decoding: give them until max_wait from the oldest arrival
+            # more admitted requests are still decoding (or between steps): give them until max_wait from the oldest
+            # arrival (or from when the stepping requests got their results)
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=policy.max_wait_s - waited)
@@ -332,6 +351,10 @@ class ModelWorker:
             for item, result in zip(live, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
+            # requests whose run continues count as decoding from now, before any other batch is chosen
+            for ticket in {id(item.ticket): item.ticket for item in live}.values():
+                if ticket.continues and ticket.answered():
+                    self.batcher.continuing(ticket)
         finally:
             record.compute_s = time.perf_counter() - started
             metrics.COMPUTE_DURATION.labels(name, op).observe(record.compute_s)
@@ -377,6 +400,17 @@ class Batcher:
             ticket.decoding = False
             ticket.worker.decoding -= 1
             ticket.worker.wakeup.set()
+
+    def continuing(self, ticket: Ticket) -> None:
+        """The ticket's run is answered and it runs again at once: until then it holds a slot and counts as
+        decoding, and batches may wait for it up to max_wait from now."""
+        if ticket.abandoned:
+            return
+        self.retake(ticket)
+        ticket.worker.returned_at = time.monotonic()
+        if not ticket.decoding:
+            ticket.decoding = True
+            ticket.worker.decoding += 1
 
     def release(self, ticket: Ticket) -> None:
         """The ticket's items have all started compute, or it ended: its slot is free."""

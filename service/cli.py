@@ -1,4 +1,5 @@
-"""The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, info, convert.
+"""The `vqserve` command line (also `python -m service.cli`): serve, encode, decode, reconstruct, generate, info,
+convert.
 
 Every command but `serve` runs against a server (`--url`, through `service.client`) or in-process without one
 (`--model-path`: the model is loaded here into the server's own `Engine`, and inputs are read and checked by
@@ -13,9 +14,11 @@ import csv
 import json
 import math
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,7 +26,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from .client import DEFAULT_URL, Client, Reconstruction, VQServeError, to_pil
+from .client import DEFAULT_URL, Client, Reconstruction, Samples, VQServeError, to_pil
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 T = TypeVar("T")
@@ -39,7 +42,25 @@ class Backend(Protocol):
 
     def reconstruct(self, data: bytes) -> Reconstruction: ...
 
+    def generate(self, draw: Draw) -> Samples: ...  # one sample (`draw.first_sample` of `draw.seed`)
+
     def info(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One sample of `vqserve generate`: sample `first_sample` of `seed`, as /generate draws it."""
+
+    first_sample: int
+    seed: int
+    label: int | None
+    temperature: float
+    top_k: int | None
+
+    def body(self) -> dict[str, Any]:
+        fields = {"label": self.label, "top_k": self.top_k}
+        chosen = {k: v for k, v in fields.items() if v is not None}
+        return {"first_sample": self.first_sample, "seed": self.seed, "temperature": self.temperature, **chosen}
 
 
 class RemoteBackend:
@@ -57,6 +78,16 @@ class RemoteBackend:
 
     def reconstruct(self, data: bytes) -> Reconstruction:
         return self.client.reconstruct(data, model=self.model)
+
+    def generate(self, draw: Draw) -> Samples:
+        return self.client.generate(
+            label=draw.label,
+            temperature=draw.temperature,
+            top_k=draw.top_k,
+            seed=draw.seed,
+            first_sample=draw.first_sample,
+            model=self.model,
+        )
 
     def info(self) -> list[dict[str, Any]]:
         return self.client.models()
@@ -101,6 +132,16 @@ class LocalBackend:
         height, width = image.size
         cropped = output[:height, :width]
         return Reconstruction(cropped, psnr(image.original, cropped))
+
+    def generate(self, draw: Draw) -> Samples:
+        import orjson
+
+        from .sampling import draw_in_process, generation_job
+
+        job = generation_job(orjson.dumps(draw.body()), self.facts, max_images=1)
+        sampled = draw_in_process(self.engine, job)
+        indices = np.stack([grid.numpy() for grid in sampled.grids]).astype(np.int32)
+        return Samples(indices, np.stack(sampled.images), sampled.draw.seed)
 
     def info(self) -> list[dict[str, Any]]:
         from .schemas import ModelInfo
@@ -221,6 +262,23 @@ def cmd_reconstruct(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, backend: Backend) -> int:
+    if args.count < 1:
+        raise SystemExit("error: -n/--count must be at least 1")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    draws = [Draw(b, seed, args.label, args.temperature, args.top_k) for b in range(args.count)]
+    grids: dict[int, np.ndarray] = {}
+    for draw, samples in run_concurrently(backend.generate, draws, args.concurrency, "generate"):
+        save_png(samples.images[0], args.output / f"{draw.first_sample:05d}.png")
+        grids[draw.first_sample] = samples.indices[0]
+    np.save(args.output / "indices.npy", np.stack([grids[b] for b in range(args.count)]))
+    label = "unconditional" if args.label is None else f"label {args.label}"
+    print(  # noqa: T201
+        f"generated {args.count} sample(s) ({label}, seed {seed}) -> {args.output} (PNGs and indices.npy)"
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace, backend: Backend) -> int:
     print(json.dumps(backend.info(), indent=2))  # noqa: T201
     return 0
@@ -312,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("input", type=Path)
     rec.add_argument("-o", "--output", type=Path, required=True, help="output folder (also gets psnr.csv)")
+    gen = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="draw new images from the model's prior -> PNGs and indices.npy",
+    )
+    gen.add_argument("-n", "--count", type=int, default=16, help="samples to draw (default 16)")
+    gen.add_argument("--label", type=int, help="class of a conditional prior (default: unconditional)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="below 1 sharper, above 1 more varied")
+    gen.add_argument("--top-k", type=int, help="draw among the k most likely codes (default: all)")
+    gen.add_argument("--seed", type=int, help="the same seed gives the same samples (default: random, printed)")
+    gen.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     sub.add_parser(
         "info",
         parents=[common],
@@ -336,6 +405,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Backend], int]] = {
     "encode": cmd_encode,
     "decode": cmd_decode,
     "reconstruct": cmd_reconstruct,
+    "generate": cmd_generate,
     "info": cmd_info,
 }
 

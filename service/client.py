@@ -83,6 +83,15 @@ class Reconstruction:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """What /generate and /complete drew: sample b is `indices[b]`, decoded to `images[b]`."""
+
+    indices: np.ndarray  # (B, h, w) int32 code grids
+    images: np.ndarray  # (B, H, W, C) uint8
+    seed: int  # the seed they were drawn with: the given one, or the one the server chose
+
+
+@dataclass(frozen=True)
 class _Call:
     """One HTTP exchange, described independently of sync or async sending."""
 
@@ -291,6 +300,47 @@ class _Base:
         response = yield _Call("POST", "/reconstruct", self._params(model), headers, content=image_file_bytes(image))
         return Reconstruction(read_png(response.content), float(response.headers["x-psnr"]))
 
+    def _generate(
+        self,
+        count: int = 1,
+        *,
+        label: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        first_sample: int = 0,
+        model: str | None = None,
+    ) -> _Flow[Samples]:
+        """Draw `count` new code grids from the model's prior (of `label`'s class; None: unconditional) and their
+        images. The same seed gives the same samples; sample b of a call is sample `first_sample + b` of the seed."""
+        draw = _draw_body(count, label, temperature, top_k, seed, first_sample)
+        response = yield self._samples_call("/generate", draw, model)
+        return _samples(response)
+
+    def _complete(
+        self,
+        indices: np.ndarray,
+        mask: np.ndarray,
+        count: int = 1,
+        *,
+        label: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        first_sample: int = 0,
+        model: str | None = None,
+    ) -> _Flow[Samples]:
+        """Redraw the cells of the (h, w) code grid `indices` where `mask` is true, in raster order, from the model's
+        prior (the others are kept exactly); `count` completions and their images."""
+        draw = _draw_body(count, label, temperature, top_k, seed, first_sample)
+        grid = {"indices": np.asarray(indices).astype(int).tolist(), "mask": np.asarray(mask).astype(int).tolist()}
+        response = yield self._samples_call("/complete", {**draw, **grid}, model)
+        return _samples(response)
+
+    def _samples_call(self, path: str, body: dict[str, Any], model: str | None) -> _Call:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        return _Call("POST", path, self._params(model), headers, content=json.dumps(body).encode())
+
     # running a flow: its calls through the retry policy; the clients' `_run` send what this yields
     def _steps(self, flow: _Flow[_T]) -> _Steps[_T]:
         """`flow` with each of its calls made through `_attempts`: what a call ends in goes back into the flow, a
@@ -358,6 +408,24 @@ def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike],
     return list(images), False
 
 
+def _draw_body(
+    count: int, label: int | None, temperature: float, top_k: int | None, seed: int | None, first_sample: int
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"count": count, "temperature": float(temperature), "first_sample": first_sample}
+    for name, value in (("label", label), ("top_k", top_k), ("seed", seed)):
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def _samples(response: httpx.Response) -> Samples:
+    body = response.json()
+    samples = body["samples"]
+    indices = np.asarray([sample["indices"] for sample in samples], dtype=np.int32)
+    images = np.stack([read_png(base64.b64decode(sample["image"])) for sample in samples])
+    return Samples(indices, images, int(body["seed"]))
+
+
 def _documented(method: _F, flow: Callable[..., Any]) -> _F:
     """`method` with the docstring and signature of `flow`, its return the flow's result: what help() shows."""
     functools.update_wrapper(method, flow)
@@ -409,6 +477,8 @@ class Client(_Base):
     encode = _sync(_Base._encode)
     decode = _sync(_Base._decode)
     reconstruct = _sync(_Base._reconstruct)
+    generate = _sync(_Base._generate)
+    complete = _sync(_Base._complete)
 
     def _run(self, flow: _Flow[_T]) -> _T:
         steps = self._steps(flow)
@@ -449,6 +519,8 @@ class AsyncClient(_Base):
     encode = _async(_Base._encode)
     decode = _async(_Base._decode)
     reconstruct = _async(_Base._reconstruct)
+    generate = _async(_Base._generate)
+    complete = _async(_Base._complete)
 
     async def _run(self, flow: _Flow[_T]) -> _T:
         steps = self._steps(flow)

@@ -19,22 +19,38 @@ import numpy as np
 import torch
 
 from model import ConfigError, VQModel
-from model.checkpoint import has_checkpoint
+from model.checkpoint import CheckpointError, has_checkpoint
+from model.config import VQModelConfig
 from model.device import DeviceError, resolve_device
 from model.pixels import to_uint8, to_unit_range
+from model.prior import PixelCNNPrior, PriorConfig, load_prior_for, nll_bits, sample_cell
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
+from . import metrics
 from .batching import Cost
 from .errors import ModelLoadError
 from .facts import ModelFacts
 from .memory import release_free_memory
 from .model_source import ModelSourceError, resolve
-from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
+from .ops import (
+    Encoded,
+    FloatDecode,
+    LatentDecode,
+    Op,
+    OpParams,
+    Payload,
+    PriorNLL,
+    PriorStep,
+    Tile,
+    check_params,
+    output_pixels,
+)
 from .settings import ModelSpec, Settings, default_model_path, setting_names
 
 logger = logging.getLogger("vqserve.engine")
 
 WARMUP_MAX_SIDE = 512  # warm-up's side when tiling is off (VQSERVE_TILE_SIZE=0), whatever the sample size
+PRIOR_OPS = frozenset({Op.PRIOR_STEP, Op.PRIOR_NLL})
 TRIM_AFTER_BYTES = 64 << 20  # batches whose activations may exceed this hand freed memory back afterwards
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -103,8 +119,10 @@ class Engine:
         self._torch_threads = torch_threads or settings.torch_threads  # 0: leave torch's own default
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
         self.model: VQModel | None = None
+        self.prior: PixelCNNPrior | None = None  # the learned prior over the codes, when the checkpoint has one
         self.facts: ModelFacts | None = None  # set once loaded
         self.bytes_per_pixel = 0  # activation memory per image pixel on the device (set at load)
+        self.prior_bytes_per_cell = 0  # the prior's activation memory per code cell (set at load)
         self._ops: dict[Op, Callable[[VQModel, list[Any], Any], list[Any]]] = {
             Op.ENCODE: _encode,
             Op.RECONSTRUCT: _reconstruct,
@@ -116,6 +134,8 @@ class Engine:
             Op.QUANTIZE: _quantize,
             Op.DECODE_STATS: _decode_stats,
             Op.DECODE_TILE: _decode_tile,
+            Op.PRIOR_STEP: lambda model, payloads, params: self._prior_step(payloads),
+            Op.PRIOR_NLL: lambda model, payloads, params: _prior_nll(self._loaded_prior(), payloads, params),
         }
 
     @property
@@ -142,20 +162,28 @@ class Engine:
         dtype = resolve_dtype(self._settings.dtype, device, model.config.force_upcast)
         self.model = model.to(device=device, dtype=dtype).optimize_for_inference()
         self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
+        prior_config = self._load_prior(model.config, device)
         if self._settings.warmup:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
         self.facts = ModelFacts(
-            self.name, model.config, str(device), str(dtype).removeprefix("torch."), self.source, colors
+            self.name,
+            model.config,
+            str(device),
+            str(dtype).removeprefix("torch."),
+            self.source,
+            colors,
+            prior=prior_config,
         )
         logger.info(
-            "model %s loaded from %s on %s as %s in %.2fs",
+            "model %s loaded from %s on %s as %s in %.2fs%s",
             self.name,
             self.source.describe(),
             self.facts.device,
             self.facts.dtype,
             time.perf_counter() - started,
+            "" if prior_config is None else f", with a prior over {list(prior_config.grid_size)} code grids",
         )
         return self.facts
 
@@ -168,6 +196,21 @@ class Engine:
         side = min(model.config.sample_size, cap) // factor * factor
         return max(side, 2 * factor)
 
+    def _load_prior(self, config: VQModelConfig, device: torch.device) -> PriorConfig | None:
+        """The checkpoint's `prior/`, on the device in float32 (sampling draws from its softmax: half precision
+        would shift the probabilities of rare codes), or None when there is none."""
+        try:
+            prior = load_prior_for(self.spec.directory, config)
+        except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"model {self.name!r}: cannot load its prior from {self.spec.directory}: {exc}"
+            ) from exc
+        if prior is None:
+            return None
+        self.prior = prior.to(device=device, dtype=torch.float32).eval()
+        self.prior_bytes_per_cell = prior_activation_bytes_per_cell(prior.config)
+        return prior.config
+
     def _warm_up(self, model: VQModel) -> None:
         """One item of each op a request starts with, at `warmup_side`: the first request of that size then pays no
         one-time cost (allocator growth, oneDNN kernel selection: 1.38 s against 0.63 s for a 256x256 reconstruct)."""
@@ -178,6 +221,11 @@ class Engine:
         self._run(Op.DECODE_INDICES, [encoded.indices.long()], check_params(Op.DECODE_INDICES, None))
         self._run(Op.DECODE_LATENTS, [encoded.latents], check_params(Op.DECODE_LATENTS, None))
         self._run(Op.RECONSTRUCT, [x], check_params(Op.RECONSTRUCT, None))
+        if self.prior is not None:
+            grid = torch.zeros(self.prior.config.grid_size, dtype=torch.int64)
+            step = PriorStep(grid, (0, 0), None, 1.0, None, torch.Generator().manual_seed(0))
+            self._run(Op.PRIOR_STEP, [step], check_params(Op.PRIOR_STEP, None))
+            self._run(Op.PRIOR_NLL, [grid], PriorNLL())
         elapsed = time.perf_counter() - started
         logger.info(
             "model %s warmed up at %dx%d (encode, decode, reconstruct) in %.2fs",
@@ -208,6 +256,8 @@ class Engine:
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         """Image pixels one item of `shape` stands for, and the activation memory computing it takes."""
         pixels = output_pixels(op, shape, self._loaded().downsample_factor)
+        if op in PRIOR_OPS:
+            return Cost(pixels, shape[-2] * shape[-1] * self.prior_bytes_per_cell)
         return Cost(pixels, 0 if op == Op.QUANTIZE else pixels * self.bytes_per_pixel)
 
     # compute
@@ -225,6 +275,16 @@ class Engine:
         if self.model is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         return self.model
+
+    def _loaded_prior(self) -> PixelCNNPrior:
+        if self.prior is None:
+            raise RuntimeError(f"model {self.name} has no prior")
+        return self.prior
+
+    def _prior_step(self, payloads: list[PriorStep]) -> list[int]:
+        codes = _prior_step(self._loaded_prior(), payloads)
+        metrics.SAMPLED_CODES.labels(self.name).inc(len(codes))
+        return codes
 
     def _run_splitting(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]:
         """`_run`, but a batch that runs out of GPU memory is split in halves and retried, down to single items;
@@ -256,6 +316,14 @@ class Engine:
         finally:
             if sum(self.cost(op, tuple(p.shape)).bytes for p in payloads) >= TRIM_AFTER_BYTES:
                 release_free_memory()  # a large batch's activations go back to the system, not to glibc's arenas
+
+
+def prior_activation_bytes_per_cell(config: PriorConfig) -> int:
+    """float32 bytes one code cell takes in a prior forward, as an upper bound: the logits and their softmax (K
+    each), and a vertical and a horizontal stack of hidden features per layer (with their gates: twice the
+    width), as if all were alive at once."""
+    hidden = 2 * 2 * config.hidden_channels * config.num_layers
+    return 4 * (2 * config.num_vq_embeddings + hidden)
 
 
 # the ops, on the engine thread under inference mode
@@ -336,3 +404,35 @@ def _decode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]
 def _decode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch, stats = _tiles(model, payloads)
     return list(decode_tile(model, _quantized(model, batch), stats).float().cpu().unbind(0))
+
+
+# the prior's ops (service/sampling.py drives PRIOR_STEP one raster cell at a time)
+def _labels(prior: PixelCNNPrior, labels: list[int | None], device: torch.device) -> torch.Tensor | None:
+    """(B,) class indices, `num_labels` standing for "no label" (the prior was trained with label dropout);
+    None for an unconditional prior."""
+    none = prior.config.num_labels
+    if none == 0:
+        return None
+    return torch.tensor([none if label is None else label for label in labels], dtype=torch.long, device=device)
+
+
+def _prior_step(prior: PixelCNNPrior, payloads: list[PriorStep]) -> list[int]:
+    """One raster step of each sample in the batch: the prior's logits for every grid, then each sample's code at
+    its own cell drawn with its own generator (on the CPU, where generators are cheap and reproducible). The
+    prior is causal, so rows below the lowest cell asked for cannot matter and are left out."""
+    device = prior.device
+    last_row = max(p.cell[0] for p in payloads)
+    grids = torch.stack([p.indices[: last_row + 1] for p in payloads]).to(device)  # (B, last_row + 1, W)
+    logits = prior(grids, _labels(prior, [p.label for p in payloads], device))  # (B, K, last_row + 1, W)
+    batch = torch.arange(len(payloads), device=device)
+    rows = torch.tensor([p.cell[0] for p in payloads], device=device)
+    cols = torch.tensor([p.cell[1] for p in payloads], device=device)
+    picked = logits[batch, :, rows, cols].float().cpu()  # (B, K): each sample's logits at its cell
+    return [sample_cell(picked[b], p.temperature, p.top_k, p.generator) for b, p in enumerate(payloads)]
+
+
+def _prior_nll(prior: PixelCNNPrior, payloads: list[Any], params: PriorNLL) -> list[float]:
+    device = prior.device
+    grids = torch.stack(payloads).to(device).long()  # (B, h, w)
+    bits = nll_bits(prior, grids, _labels(prior, [params.label] * len(payloads), device))  # (B,)
+    return [float(b) for b in bits.float().cpu()]

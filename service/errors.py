@@ -31,6 +31,8 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "unsupported_media_type"),
     "headers_too_large": (431, "headers_too_large"),
     "invalid_input": (422, "invalid_input"),
+    "invalid_label": (422, "invalid_label"),  # a class the model's prior was not trained on
+    "no_prior": (422, "no_prior"),  # /generate, /complete, return_nll on a model whose checkpoint has no prior/
     "client_closed": (499, "client_closed_request"),
     "overloaded": (429, "overloaded"),
     "internal": (500, "internal_error"),

@@ -1,9 +1,10 @@
 """`ModelFacts`: what the rest of the service may know about a loaded model, fixed once at load.
 
 The typed `VQModelConfig` carries the derived facts (`downsample_factor`, `codebook_size`, `embed_dim`,
-`min_latent_area`); this adds the public name, where the model runs, where its checkpoint came from and the
-codebook's colours (for pictures of code grids). Input checks, `ModelInfo`, the Open Inference Protocol metadata,
-metrics, the CLI and the web page's colours all read this one object; nobody reads the engine's model.
+`min_latent_area`); this adds the public name, where the model runs, where its checkpoint came from, the
+codebook's colours (for pictures of code grids) and the config of its learned prior when the checkpoint has one
+(`prior/`). Input checks, `ModelInfo`, the Open Inference Protocol metadata, metrics, the CLI and the web page's
+colours all read this one object; nobody reads the engine's model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.config import VQModelConfig
+from model.prior import PriorConfig
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,4 @@ class ModelFacts:
     # one [r, g, b] per code: the codebook's first three principal components (`GET /models/{name}/codebook/colors`);
     # computed once at load, from the checkpoint's weights before they are cast for the device
     codebook_colors: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)
+    prior: PriorConfig | None = None  # the prior over the codes (/generate, /complete, return_nll); None: none

@@ -31,6 +31,9 @@ QUEUE_DEPTH = Gauge("vqserve_queue_depth", "Items admitted and waiting for compu
 INFLIGHT = Gauge("vqserve_inflight_requests", "Inference requests being handled")
 REQUEST_FAILURES = Counter("vqserve_request_failures", "Requests that failed, by reason", ["reason"])
 TILES = Counter("vqserve_tiles", "Tiles computed for inputs larger than VQSERVE_TILE_SIZE", ["model", "op"])
+SAMPLED_CODES = Counter(
+    "vqserve_sampled_codes", "Codes drawn from a learned prior (one per sample per step)", ["model"]
+)
 MEMORY_BUDGET = Gauge("vqserve_memory_budget_bytes", "Activation memory one batch may use (VQSERVE_MEMORY_BUDGET_MB)")
 CPU_THREADS = Gauge(
     "vqserve_cpu_threads",

@@ -28,6 +28,9 @@ class Op(StrEnum):
     QUANTIZE = "quantize"  # blended latents (D, h, w) float32 -> Encoded
     DECODE_STATS = "decode_stats"  # preview indices (h, w) or quantized latents (D, h, w) -> NormStats of the decoder
     DECODE_TILE = "decode_tile"  # Tile of indices (th, tw) or quantized latents (D, th, tw) -> floats (C, TH, TW)
+    # the learned prior over the codes (models whose checkpoint has `prior/`; service/sampling.py)
+    PRIOR_STEP = "prior_step"  # PriorStep: one sample's grid so far -> the code drawn at its next cell (int)
+    PRIOR_NLL = "prior_nll"  # indices (h, w) int64 -> mean negative log-likelihood in bits per code (float)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,14 @@ class FloatDecode:
     unit_range: bool = False  # False: raw decoder output (~[-1, 1]); True: mapped to [0, 1] and clamped
 
 
-OpParams = NoParams | LatentDecode | FloatDecode
+@dataclass(frozen=True)
+class PriorNLL:
+    """PRIOR_NLL: the label the likelihood is conditioned on (None: unconditional)."""
+
+    label: int | None = None
+
+
+OpParams = NoParams | LatentDecode | FloatDecode | PriorNLL
 PARAMS: dict[Op, type[OpParams]] = {
     Op.ENCODE: NoParams,
     Op.RECONSTRUCT: NoParams,
@@ -63,6 +73,8 @@ PARAMS: dict[Op, type[OpParams]] = {
     Op.QUANTIZE: NoParams,
     Op.DECODE_STATS: NoParams,
     Op.DECODE_TILE: NoParams,
+    Op.PRIOR_STEP: NoParams,  # what differs between samples (cell, label, temperature, generator) rides in PriorStep
+    Op.PRIOR_NLL: PriorNLL,
 }
 # ops whose input is an image at full resolution (the others take a latent grid, 1/f of the output's sides)
 IMAGE_INPUT_OPS = frozenset({Op.ENCODE, Op.RECONSTRUCT, Op.ENCODE_STATS, Op.ENCODE_TILE})
@@ -100,7 +112,31 @@ class Tile:
         return self.tensor.dtype
 
 
-Payload = torch.Tensor | Tile
+@dataclass(frozen=True, eq=False)
+class PriorStep:
+    """One sample's next raster step: its grid so far and how to draw the code at `cell`.
+
+    Everything that may differ between the samples of one batch rides here, not in the op's parameters, so that
+    the steps of every request on a grid of one shape batch together whatever their label, temperature or
+    position; each sample keeps its own generator across its steps, so batching never changes what it draws."""
+
+    indices: torch.Tensor  # (H, W) int64: the codes so far (cells after `cell` are ignored by the prior)
+    cell: tuple[int, int]  # (row, column) to draw
+    label: int | None  # class of a conditional prior; None: unconditional
+    temperature: float  # > 0
+    top_k: int | None  # draw among the k most likely codes; None: all
+    generator: torch.Generator  # this sample's, advanced by each draw
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.indices.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.indices.dtype
+
+
+Payload = torch.Tensor | Tile | PriorStep
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -28,6 +29,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class PriorInfo(BaseModel):
+    """The learned prior over a model's codes (its checkpoint's `prior/`)."""
+
+    num_labels: int = Field(description="classes of a conditional prior, `label` 0 .. num_labels-1; 0: unconditional")
+    grid: list[int] = Field(description="[h, w] of the code grids it was trained on: what /generate draws")
+    codebook_size: int
+    config: dict[str, Any] = Field(description="the prior's config.json dict")
+
+
 class ModelInfo(BaseModel):
     name: str
     config: dict[str, Any] = Field(description="the diffusers config.json dict")
@@ -42,10 +52,12 @@ class ModelInfo(BaseModel):
         description="where the checkpoint came from: a local directory (`path`, `subfolder`), or a Hugging Face "
         "Hub repo (`repo`, `revision`: the commit served, `ref`: the revision asked for, `subfolder`)"
     )
+    prior: PriorInfo | None = Field(description="the prior /generate, /complete and return_nll use; null: none")
 
     @classmethod
     def of(cls, facts: ModelFacts) -> ModelInfo:
         config = facts.config
+        prior = facts.prior
         return cls(
             name=facts.name,
             config=config.to_dict(),
@@ -57,6 +69,14 @@ class ModelInfo(BaseModel):
             device=facts.device,
             dtype=facts.dtype,
             source=facts.source,
+            prior=None
+            if prior is None
+            else PriorInfo(
+                num_labels=prior.num_labels,
+                grid=list(prior.grid_size),
+                codebook_size=prior.num_vq_embeddings,
+                config=prior.to_dict(),
+            ),
         )
 
 
@@ -153,6 +173,61 @@ class ReconstructJSONResponse(BaseModel):
     psnr: float = Field(description="dB, reconstruction against the input (as the x-psnr header)")
     shape: list[int] = Field(description="[H, W, C] of the reconstruction")
     image_size: list[int] = Field(description="[H, W] of the input image")
+
+
+# sampling from a model's prior: /generate and /complete (service/sampling.py)
+MAX_SEED = 2**32 - 1
+MAX_FIRST_SAMPLE = 1_000_000  # below model.prior.SEED_STRIDE: the samples of two seeds never coincide
+
+
+class GenerateRequest(BaseModel):
+    """What to draw; every field optional. Sample b is drawn with its own generator seeded from (seed,
+    first_sample + b), so the same seed gives the same samples however requests are split or batched."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: StrictInt = Field(1, ge=1, description="samples to draw (at most VQSERVE_MAX_IMAGES_PER_REQUEST, else 413)")
+    label: StrictInt | None = Field(
+        None, ge=-1, description="class of a conditional prior, 0 .. num_labels-1; omitted, null or -1: unconditional"
+    )
+    temperature: StrictFloat = Field(
+        1.0,
+        ge=1e-3,
+        le=100,
+        allow_inf_nan=False,
+        description="logits are divided by it: < 1 sharper, > 1 more varied; 0.001 .. 100 (below 0.001 the draw is "
+        "the most likely code already, and dividing by less may overflow)",
+    )
+    top_k: StrictInt | None = Field(
+        None, ge=1, description="draw among the k most likely codes (at most the codebook size); null: all"
+    )
+    seed: StrictInt | None = Field(
+        None, ge=0, le=MAX_SEED, description="omitted: a random one, reported in the reply (`seed`, header x-seed)"
+    )
+    first_sample: StrictInt = Field(
+        0, ge=0, le=MAX_FIRST_SAMPLE, description="index of the first sample in the seed's sequence"
+    )
+
+
+class CompleteRequest(GenerateRequest):
+    """A code grid and the cells to redraw: where `mask` is 1, in raster order, each conditioned on every cell
+    before it (kept or already redrawn); the other cells are kept exactly."""
+
+    indices: list[list[StrictInt]] = Field(min_length=1, description="h rows of w codes in [0, codebook_size)")
+    mask: list[list[Annotated[StrictInt, Field(ge=0, le=1)]]] = Field(
+        min_length=1, description="h rows of w 0/1: 1 = redraw this cell"
+    )
+
+
+class SampleResult(BaseModel):
+    indices: list[list[int]] = Field(description="the drawn code grid, h rows of w codes")
+    image: str = Field(description="base64 PNG of the grid decoded")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    shape: list[int] = Field(description="[h, w] of each code grid")
+    seed: int = Field(description="the seed the samples were drawn with (the given one, or the random one chosen)")
+    samples: list[SampleResult]
 
 
 # the Open Inference Protocol (KServe v2): the inference request as the protocol defines it, validated whole

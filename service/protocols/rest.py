@@ -26,9 +26,10 @@ def encode_json(
     results: list[Encoded],
     batch_form: bool,
     return_latents: bool,
+    nll_bits: list[float] | None = None,
 ) -> bytes:
     entries = []
-    for image, result in zip(inputs, results, strict=True):
+    for i, (image, result) in enumerate(zip(inputs, results, strict=True)):
         entry: dict[str, Any] = {
             "shape": list(result.indices.shape),
             "image_size": list(image.size),
@@ -38,6 +39,8 @@ def encode_json(
         if return_latents:
             entry["latents"] = codecs.b64encode(codecs.tensor_bytes(result.latents.float()))
             entry["latents_shape"] = list(result.latents.shape)
+        if nll_bits is not None:
+            entry["nll_bits"] = nll_bits[i]
         entries.append(entry)
     body: dict[str, Any] = (
         {"model": facts.name, "results": entries} if batch_form else {"model": facts.name, **entries[0]}
@@ -100,3 +103,19 @@ def images_binary(outputs: list[np.ndarray]) -> tuple[bytes, list[int]]:
         raise ServiceError("not_acceptable", "outputs of different sizes cannot form one tensor; ask for JSON")
     stacked = np.ascontiguousarray(np.stack(outputs))  # (B, H, W, C) uint8
     return stacked.tobytes(), list(stacked.shape)
+
+
+def samples_json(
+    model: str,
+    seed: int,
+    grids: list[torch.Tensor],
+    images: list[np.ndarray],
+    fmt: str,
+    options: codecs.ImageCompression,
+) -> bytes:
+    """/generate and /complete as JSON: each sample's code grid and its image (base64)."""
+    samples = [
+        {"indices": grid.tolist(), "image": codecs.b64encode(codecs.write_image(image, fmt, options))}
+        for grid, image in zip(grids, images, strict=True)
+    ]
+    return orjson.dumps({"model": model, "shape": list(grids[0].shape), "seed": seed, "samples": samples})

@@ -3,12 +3,14 @@ batcher, pick the reply format. Handlers never compute tensors themselves."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from .. import tiles
+from .. import sampling, tiles
+from ..batching import Ticket
 from ..codecs import write_image
 from ..deps import InferenceGuard, ModelQuery, ServicesDep
 from ..errors import ServiceError
@@ -21,7 +23,7 @@ from ..inputs import (
     latent_factors,
     prepare_images,
 )
-from ..ops import LatentDecode, Op
+from ..ops import LatentDecode, Op, PriorNLL
 from ..protocols.rest import (
     crop_outputs,
     encode_binary,
@@ -114,19 +116,40 @@ async def encode(
     services: ServicesDep,
     model: ModelQuery = None,
     return_latents: Annotated[bool, Query(description="also return the latents before quantization")] = False,
+    return_nll: Annotated[
+        bool, Query(description="also return nll_bits: mean bits per code under the model's prior (422 no_prior)")
+    ] = False,
+    label: Annotated[
+        int | None, Query(description="with return_nll: the class the likelihood is conditioned on; -1: none")
+    ] = None,
 ) -> Response:
-    """Encode images to codebook indices (and optionally latents)."""
+    """Encode images to codebook indices (and optionally latents, and their likelihood under the prior)."""
     facts = services.model(model)
+    nll_label = sampling.check_label(facts, label) if return_nll else None  # 422 no_prior before any work
     async with admit(request, services, facts) as ticket:
         inputs, batch_form = await _images(request, services, facts)
+        if return_nll:  # 413 before encoding for a grid the prior cannot run on within the memory budget
+            factor = facts.config.downsample_factor
+            for h, w in {(i.tensor.shape[-2] // factor, i.tensor.shape[-1] // factor) for i in inputs}:
+                sampling.check_fits(services, facts, (h, w))
         results = (await tiles.run(ticket, services, facts, Op.ENCODE, [i.tensor for i in inputs])).values
+        nll = await _nll(ticket, results, nll_label) if return_nll else None
     if negotiate(request, ["application/json", "application/octet-stream"]) == "application/octet-stream":
         body, shape = await services.offload("tensor_encode", encode_binary, results)
         reply = tensor_response(body, shape, "int32", "application/octet-stream")
         reply.headers["image_size"] = image_sizes_header(inputs)  # the sizes to crop back to when decoding
+        if nll is not None:
+            reply.headers["x-nll-bits"] = json.dumps(nll)
         return reply
-    content = await services.offload("json_encode", encode_json, facts, inputs, results, batch_form, return_latents)
+    content = await services.offload(
+        "json_encode", encode_json, facts, inputs, results, batch_form, return_latents, nll
+    )
     return Response(content, media_type="application/json")
+
+
+async def _nll(ticket: Ticket, results: list[Any], label: int | None) -> list[float]:
+    """Each encoded grid's mean bits per code under the model's prior (batched with other requests' grids)."""
+    return list((await ticket.run(Op.PRIOR_NLL, sampling.nll_inputs(results), PriorNLL(label))).values)
 
 
 @router.post(

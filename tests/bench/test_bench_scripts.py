@@ -97,3 +97,17 @@ def test_cpu_batch_script_smoke_pass(tiny_checkpoint: Path) -> None:
     assert set(result["per_image_ms"]) == {"1", "2", "4", "8"}
     assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
     assert "| 4 |" in out.stdout  # the table printed side by side
+
+
+def test_sampling_bench_smoke_pass(tiny_prior_checkpoint: Path) -> None:
+    """bench/sampling.py on the tiny model's prior: every form draws its grids and the JSON line adds up."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.sampling", "--checkpoint", str(tiny_prior_checkpoint), "-n", "3",
+         "--rounds", "1", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["bench"], result["grid"], result["count"]) == ("sampling", [4, 4], 3)
+    assert set(result["grids_per_s"]) == {"one request", "concurrent", "sequential"}
+    assert all(rate > 0 for rate in result["grids_per_s"].values())
+    assert 1 <= result["steps_per_batch_concurrent"] <= 3

@@ -28,9 +28,12 @@ TIMEOUT_S = 240  # one example; the longest (the endpoints block: ~20 requests o
 
 @pytest.fixture(scope="module")
 def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The shipped default model, as `make serve` serves it (on a free port, CPU, no warm-up)."""
+    """The shipped models as README's examples ask for them (`VQSERVE_MODELS=default=...,digits=... make serve`),
+    on a free port, CPU, no warm-up."""
     log = tmp_path_factory.mktemp("readme-server") / "server.log"
-    with serving(["--device", "cpu", "--no-warmup"], log, env={"OMP_NUM_THREADS": "1"}) as server:
+    weights = Path(__file__).resolve().parents[2] / "model" / "weights"
+    models = f"default={weights / 'default'},digits={weights / 'digits'}"
+    with serving(["--device", "cpu", "--no-warmup", "--models", models], log, env={"OMP_NUM_THREADS": "1"}) as server:
         yield server
 
 

@@ -340,8 +340,26 @@ def check_reply(label: str, case: Any, response: Any) -> None:
         assert np.isfinite(floats).all(), f"{label}: a 200 with non-finite {dtype} values"
 
 
+@pytest.fixture(scope="module")
+def prior_fuzz_server(tiny_prior_checkpoint: Path) -> Iterator[Server]:
+    """The tiny model (the same codebook, factor and embedding size) with a random prior: /generate, /complete and
+    return_nll reach the sampling code instead of answering 422 no_prior."""
+    with serve_in_thread(tiny_prior_checkpoint, max_body_bytes=1_000_000, max_pixels=65_536) as server:
+        yield server
+
+
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
 def test_api_never_fails_and_conforms(fuzz_server: Server, label: str) -> None:
+    fuzz_operation(fuzz_server, label)
+
+
+@pytest.mark.parametrize("label", ["POST /complete", "POST /encode", "POST /generate"])
+def test_sampling_never_fails_and_conforms(prior_fuzz_server: Server, label: str) -> None:
+    fuzz_operation(prior_fuzz_server, label)
+
+
+def fuzz_operation(server: Server, label: str) -> None:
+    fuzz_server = server
     operation = OPERATIONS[label]
     strategies = [
         operation.as_strategy(schemathesis.GenerationMode.POSITIVE),

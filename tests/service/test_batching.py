@@ -29,6 +29,7 @@ class FakeEngine:
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.poison: int | None = None
+        self.delay = 0.0  # seconds each batch takes, yielding to the loop as an engine thread would
 
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         return Cost(shape[-1] * shape[-2], 0)
@@ -40,6 +41,8 @@ class FakeEngine:
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.poison in ids:
             raise RuntimeError("poisoned batch")
         return [i * 10 for i in ids]
@@ -388,3 +391,64 @@ def test_batches_fit_the_memory_budget_and_a_later_run_queues_behind_newer_work(
         await body(batcher, engine)
 
     run(patched, max_batch_bytes=8)
+
+
+async def stepping(batcher: Batcher, ident: int, steps: int, continues: bool) -> list[int]:
+    """A request that runs `steps` times one after another, as a sampling loop does (item ids ident*100 + step)."""
+    results = []
+    async with batcher.admit("fake") as ticket:
+        for step in range(steps):
+            outcome = await ticket.run(Op.ENCODE, [item(ident * 100 + step)], continues=continues)
+            results.extend(outcome.values)
+    return results
+
+
+async def two_steppers(batcher: Batcher, engine: FakeEngine, continues: bool) -> None:
+    """Request 1 steps 6 times; request 2 arrives while its first step computes and steps 5 times."""
+    engine.gate = asyncio.Event()
+    engine.delay = 0.01
+    first = asyncio.create_task(stepping(batcher, 1, 6, continues))
+    await asyncio.wait_for(engine.started.wait(), 2)
+    second = asyncio.create_task(stepping(batcher, 2, 5, continues))
+    await asyncio.sleep(0.01)  # its first step is queued behind the first request's
+    engine.gate.set()
+    assert await first == [(100 + s) * 10 for s in range(6)]
+    assert await second == [(200 + s) * 10 for s in range(5)]
+    assert batcher.pending == 0
+    assert batcher.workers["fake"].decoding == 0
+
+
+def test_steps_of_concurrent_requests_that_continue_ride_one_batch() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        await two_steppers(batcher, engine, continues=True)
+        # once the second request is queued, each step of the first waits for it, and they go in step
+        assert [sorted(b) for b in engine.batches] == [[100], *[[101 + s, 200 + s] for s in range(5)]]
+
+    run(body, max_wait_s=5.0)  # the wait ends as soon as the stepping request has queued: never 5 s
+
+
+def test_steps_that_do_not_continue_take_turns_with_the_engine() -> None:
+    """Why `continues`: without it a request back from its step finds the engine busy with the other's, and the
+    two never share a batch."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        await two_steppers(batcher, engine, continues=False)
+        turns = [[100], [200], [101], [201], [102], [202], [103], [203], [104], [204], [105]]
+        assert engine.batches == turns
+
+    run(body, max_wait_s=5.0)
+
+
+def test_a_continuing_request_that_ends_gives_back_what_it_holds() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        async with batcher.admit("fake") as ticket:
+            await ticket.run(Op.ENCODE, [item(1)], continues=True)
+            assert (batcher.pending, batcher.workers["fake"].decoding) == (1, 1)  # it will run again
+        assert (batcher.pending, batcher.workers["fake"].decoding) == (0, 0)  # it ended instead
+        # a batch need not wait for a request that left between its steps
+        started = time.monotonic()
+        _, alone = await submit(batcher, item(2))
+        assert await value(alone) == 20
+        assert time.monotonic() - started < 2.0
+
+    run(body, max_wait_s=5.0)
