@@ -32,7 +32,7 @@ import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from .app import create_app  # noqa: E402
-from .engine import ModelLoadError, check_checkpoint  # noqa: E402
+from .engine import ModelLoadError, check_checkpoint, check_precision  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
 from .runtime import Services  # noqa: E402
@@ -163,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
     configure_logging(settings.log_level)
-    for spec in settings.model_specs():  # before uvicorn starts: a clear line and exit 2, not a lifespan traceback
-        try:
+    try:  # before uvicorn starts: a clear line and exit 2, not a lifespan traceback
+        for spec in settings.model_specs():
             check_checkpoint(spec)
-        except ModelLoadError as exc:
-            logger.error("%s", exc)
-            return 2
+        check_precision(settings)  # VQSERVE_DEVICE / VQSERVE_DECODER_DTYPE that cannot run on this machine
+    except ModelLoadError as exc:
+        logger.error("%s", exc)
+        return 2
     fit_open_files(settings.max_connections)
     app = create_app(settings)
     server = GracefulServer(uvicorn_config(app, settings), app.state.services, settings.shutdown_delay_s)

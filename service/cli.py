@@ -65,11 +65,11 @@ class RemoteBackend:
 class LocalBackend:
     """The model in this process, through the server's own engine, input checks and reply helpers."""
 
-    def __init__(self, path: Path, subfolder: str | None, device: str) -> None:
+    def __init__(self, path: Path, subfolder: str | None, device: str, decoder_dtype: str = "auto") -> None:
         from .engine import Engine
         from .settings import ModelSpec, Settings
 
-        settings = Settings(device=device, warmup=False, models=[], model_path=None)
+        settings = Settings(device=device, decoder_dtype=decoder_dtype, warmup=False, models=[], model_path=None)
         self.engine = Engine(ModelSpec(str(path), path, subfolder), settings)
         self.facts = self.engine.load()
 
@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--model-subfolder", help="subfolder of --model-path (e.g. vqvae, movq)")
     where.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N")
+    where.add_argument(
+        "--decoder-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="in-process decoder dtype (codes stay float32's); bfloat16 needs a CPU with native bf16",
+    )
     where.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
 
     enc = sub.add_parser("encode", parents=[common], help="images (files or folders) -> .npz/.npy of indices")
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import ModelLoadError
 
         try:
-            backend = LocalBackend(args.model_path, args.model_subfolder, args.device)
+            backend = LocalBackend(args.model_path, args.model_subfolder, args.device, args.decoder_dtype)
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)  # noqa: T201
             return 2

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model import VQModel
-from model.device import DeviceError, resolve_device
+from model.device import DeviceError, cpu_has_native_bf16, resolve_device
 from model.pixels import to_uint8, to_unit_range
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
 
@@ -67,6 +67,39 @@ def resolve_dtype(requested: str, device: torch.device, force_upcast: bool) -> t
     if device.type != "cuda" or force_upcast:
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_decoder_dtype(
+    requested: str, model_dtype: torch.dtype, device: torch.device, native_bf16: Callable[[], bool] = cpu_has_native_bf16
+) -> torch.dtype:
+    """VQSERVE_DECODER_DTYPE: `auto` is the model's dtype (VQSERVE_DTYPE); bfloat16 is refused where it would be
+    slower than float32 (a CPU without native bf16, `native_bf16()` false; a GPU without bf16), as a load error
+    naming the setting. `native_bf16` is the CPU probe (tests pass one reading fake /proc/cpuinfo flags)."""
+    if requested == "auto":
+        return model_dtype
+    dtype = _DTYPES[requested]
+    if dtype == torch.bfloat16:
+        if device.type == "cpu" and not native_bf16():
+            raise ModelLoadError(
+                "VQSERVE_DECODER_DTYPE / --decoder-dtype bfloat16 needs a CPU with native bf16 (avx512_bf16 or "
+                "amx_bf16) and this one has neither (it would run slower than float32): use auto or float32"
+            )
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ModelLoadError(f"VQSERVE_DECODER_DTYPE bfloat16: {device} does not support bfloat16; use float16")
+    return dtype
+
+
+def check_precision(settings: Settings) -> None:
+    """Refuse device and decoder dtype settings that cannot run here, before the server starts (`python -m service`
+    exits 2 with the one line); loading checks the same for app users. VQSERVE_DTYPE auto never fails (it is
+    float32 on CPU), so the decoder's check only needs an explicit dtype's facts."""
+    device = serving_device(settings.device)
+    model_dtype = _DTYPES.get(settings.dtype, torch.float32)
+    resolve_decoder_dtype(settings.decoder_dtype, model_dtype, device)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def uint8_images(x: torch.Tensor) -> list[np.ndarray]:
@@ -118,19 +151,23 @@ class Engine:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"model {self.name!r}: cannot load {self.spec.directory}: {exc}") from exc
         dtype = resolve_dtype(self._settings.dtype, device, model.config.force_upcast)
-        self.model = model.to(device=device, dtype=dtype).optimize_for_inference()
-        self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
+        decoder_dtype = resolve_decoder_dtype(self._settings.decoder_dtype, dtype, device)
+        # fused upsampling weights are built in the load dtype, then the decoder is cast
+        self.model = model.to(device=device, dtype=dtype).optimize_for_inference().set_decoder_dtype(decoder_dtype)
+        itemsize = max(dtype.itemsize, decoder_dtype.itemsize)
+        self.bytes_per_pixel = activation_bytes_per_pixel(model.config, itemsize)
         if self._settings.warmup:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
-        self.facts = ModelFacts(self.name, model.config, str(device), str(dtype).removeprefix("torch."))
+        self.facts = ModelFacts(self.name, model.config, str(device), _name(dtype), _name(decoder_dtype))
         logger.info(
-            "model %s loaded from %s on %s as %s in %.2fs",
+            "model %s loaded from %s on %s as %s (decoder %s) in %.2fs",
             self.name,
             self.spec.directory,
             self.facts.device,
             self.facts.dtype,
+            self.facts.decoder_dtype,
             time.perf_counter() - started,
         )
         return self.facts

@@ -37,7 +37,8 @@ class ModelInfo(BaseModel):
     latent_channels: int
     vq_embed_dim: int
     device: str
-    dtype: str
+    dtype: str = Field(description="the encoder's and quantizer's dtype (code indices)")
+    decoder_dtype: str = Field(description="the decoder's dtype (VQSERVE_DECODER_DTYPE; pixels)")
 
     @classmethod
     def of(cls, facts: ModelFacts) -> ModelInfo:
@@ -52,6 +53,7 @@ class ModelInfo(BaseModel):
             vq_embed_dim=config.embed_dim,
             device=facts.device,
             dtype=facts.dtype,
+            decoder_dtype=facts.decoder_dtype,
         )
 
 

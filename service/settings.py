@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: DType = "auto"  # auto: float16/bfloat16 on GPU unless the config forces upcast, float32 on CPU
+    # the decoder's alone (post_quant_conv + decoder): encoder and quantizer keep `dtype`, so codes do not change;
+    # auto: `dtype`. bfloat16 is refused on a CPU without native bf16 (avx512_bf16/amx_bf16), where it is slower
+    decoder_dtype: DType = "auto"
     warmup: bool = True
     torch_threads: int = Field(default=0, ge=0)  # 0: torch's default
     # batching
