@@ -9,7 +9,7 @@ again; ...), each round giving its own ratios; reported as the median ratio and 
 4. Scaling curves (`--curves`): throughput and p50/p99 against concurrency and image size -> bench/results/.
 
 Servers run one at a time as subprocesses on 127.0.0.1; the load generator (bench/loadgen.py) is its own process.
-`--quick` is a smoke pass (one round of 1 s windows at the first size, nothing written) that proves it runs.
+`--quick` is a smoke pass (one round of 2 s windows at the first size, nothing written) that proves it runs.
 
     .venv/bin/python -m bench.service_vs_peers [--checkpoint DIR] [--seconds 10] [--rounds 5] [--curves] [--quick]
 """
@@ -277,11 +277,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512], help="curve sizes")
     parser.add_argument("--headline-sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument(
-        "--quick", action="store_true", help="smoke: 1 round of 1 s windows at the first headline size; writes nothing"
+        "--quick", action="store_true", help="smoke: 1 round of 2 s windows at the first headline size; writes nothing"
     )
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.seconds, args.headline_sizes, args.curves = 1, 1.0, args.headline_sizes[:1], False
+        args.rounds, args.seconds, args.headline_sizes, args.curves = 1, 2.0, args.headline_sizes[:1], False
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,9 @@ def test_service_vs_peers_quick_smoke_pass(tiny_checkpoint: Path) -> None:
     assert row["litserve_c16"]["ok"] + row["vqserve_c16"]["ok"] > 0  # requests went through both servers
     assert row["vqserve_c1"]["status"].get("200", 0) > 0
     ratio = row["throughput_ratio_vs_litserve"]
-    assert len(ratio["rounds"]) == 1 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert len(ratio["rounds"]) == 1
+    if math.isfinite(ratio["rounds"][0]):  # a loaded machine may complete nothing on one side in a 2 s window
+        assert ratio["min"] == ratio["median"] == ratio["max"] == ratio["rounds"][0]
     assert row["bare"][0]["diffusers_batch8_images_per_s"] > 0
 
 
