@@ -26,8 +26,11 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+# as `python -m service` sets for itself: waiting OpenMP threads sleep instead of spinning (bench/README.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 GROUPS = 16
 EPS = 1e-6

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from .facts import ModelFacts
 from .memory import release_free_memory
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Payload, Tile, check_params, output_pixels
 from .settings import ModelSpec, Settings, default_model_path
+from .transfer import Transfers
 
 logger = logging.getLogger("vqserve.engine")
 
@@ -102,9 +104,20 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@cache
+def transfers(device: torch.device) -> Transfers:
+    """One set of copy buffers and streams per device, shared by the engines on it."""
+    return Transfers(device)
+
+
+def host(x: torch.Tensor) -> torch.Tensor:
+    """A result on the CPU (pinned and non-blocking from a GPU; see `transfer.py`)."""
+    return transfers(x.device).to_host(x)
+
+
 def uint8_images(x: torch.Tensor) -> list[np.ndarray]:
     """(B, C, H, W) in ~[-1, 1] -> B arrays (H, W, C) uint8."""
-    return list(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
+    return list(host(to_uint8(x).permute(0, 2, 3, 1)).numpy())
 
 
 class Engine:
@@ -250,12 +263,12 @@ class Engine:
 
 # the ops, on the engine thread under inference mode
 def _stack(model: VQModel, payloads: list[Any]) -> torch.Tensor:
-    return torch.stack(payloads).to(model.device)  # B x (item shape)
+    return transfers(model.device).to_device(payloads)  # B x (item shape)
 
 
 def _tiles(model: VQModel, payloads: list[Tile]) -> tuple[torch.Tensor, NormStats]:
     """A batch of tiles (of one shape, maybe of several requests) and their statistics, on the device."""
-    batch = torch.stack([tile.tensor for tile in payloads]).to(model.device)
+    batch = transfers(model.device).to_device([tile.tensor for tile in payloads])
     return batch, NormStats.stack([tile.stats for tile in payloads]).to(model.device)
 
 
@@ -263,8 +276,8 @@ def _encode(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch = _stack(model, payloads)
     latents = model.encode(batch.to(model.dtype))  # (B, D, h, w)
     _, indices = model.quantize(latents)  # (B, h, w)
-    indices_cpu = indices.to(torch.int32).cpu()
-    latents_cpu = latents.float().cpu()
+    indices_cpu = host(indices.to(torch.int32))
+    latents_cpu = host(latents.float())
     return [Encoded(indices_cpu[i], latents_cpu[i]) for i in range(len(batch))]
 
 
@@ -291,7 +304,7 @@ def _decode_float(model: VQModel, payloads: list[Any], params: FloatDecode) -> l
     )  # (B, C, H, W)
     if params.unit_range:
         images = to_unit_range(images)
-    return list(images.cpu().unbind(0))
+    return list(host(images).unbind(0))
 
 
 def _encode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
@@ -301,13 +314,14 @@ def _encode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]
 
 def _encode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch, stats = _tiles(model, payloads)
-    return list(encode_tile(model, batch.to(model.dtype), stats).float().cpu().unbind(0))
+    return list(host(encode_tile(model, batch.to(model.dtype), stats).float()).unbind(0))
 
 
 def _quantize(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     latents = _stack(model, payloads).float()  # (B, D, h, w)
     _, indices = model.quantize(latents)
-    return [Encoded(i.to(torch.int32).cpu(), z.cpu()) for i, z in zip(indices, latents, strict=True)]
+    indices_cpu, latents_cpu = host(indices.to(torch.int32)), host(latents)
+    return [Encoded(i, z) for i, z in zip(indices_cpu, latents_cpu, strict=True)]
 
 
 def _quantized(model: VQModel, batch: torch.Tensor) -> torch.Tensor:
@@ -325,4 +339,4 @@ def _decode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]
 
 def _decode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch, stats = _tiles(model, payloads)
-    return list(decode_tile(model, _quantized(model, batch), stats).float().cpu().unbind(0))
+    return list(host(decode_tile(model, _quantized(model, batch), stats).float()).unbind(0))
