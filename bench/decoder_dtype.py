@@ -97,11 +97,13 @@ def main() -> None:
                 "psnr_change_db": round(psnr(reference, images[1]) - psnr(reference, images[0]), 4),
                 "psnr_between_decodes_db": round(psnr(images[0], images[1]), 2),
                 "reconstruct": alternate(
-                    lambda: exact.decode_indices(exact.quantize(exact.encode(x))[1]),
-                    lambda: fast.decode_indices(fast.quantize(fast.encode(x))[1]),
+                    lambda x=x: exact.decode_indices(exact.quantize(exact.encode(x))[1]),
+                    lambda x=x: fast.decode_indices(fast.quantize(fast.encode(x))[1]),
                     args.rounds,
                 ),
-                "decode": alternate(lambda: exact.decode_indices(codes), lambda: fast.decode_indices(codes), args.rounds),
+                "decode": alternate(
+                    lambda c=codes: exact.decode_indices(c), lambda c=codes: fast.decode_indices(c), args.rounds
+                ),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -285,7 +285,8 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        result: dict[str, object] = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.checkpoint)}
+        result: dict[str, object] = {"machine": machine, "date": time.strftime("%Y-%m-%d")}
+        result["checkpoint"] = str(args.checkpoint)
         warmup = 0.5 if args.quick else 3.0
         load_before = os.getloadavg()[0]
         result |= headline(args.checkpoint, args.seconds, args.rounds, Path(tmp), args.headline_sizes, warmup)

@@ -72,7 +72,10 @@ def resolve_dtype(requested: str, device: torch.device, force_upcast: bool) -> t
 
 
 def resolve_decoder_dtype(
-    requested: str, model_dtype: torch.dtype, device: torch.device, native_bf16: Callable[[], bool] = cpu_has_native_bf16
+    requested: str,
+    model_dtype: torch.dtype,
+    device: torch.device,
+    native_bf16: Callable[[], bool] = cpu_has_native_bf16,
 ) -> torch.dtype:
     """VQSERVE_DECODER_DTYPE: `auto` is the model's dtype (VQSERVE_DTYPE); bfloat16 is refused where it would be
     slower than float32 (a CPU without native bf16, `native_bf16()` false; a GPU without bf16), as a load error

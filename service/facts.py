@@ -1,8 +1,9 @@
 """`ModelFacts`: what the rest of the service may know about a loaded model, fixed once at load.
 
 The typed `VQModelConfig` carries the derived facts (`downsample_factor`, `codebook_size`, `embed_dim`,
-`min_latent_area`); this adds the public name and where and in which dtypes the model runs. Input checks, `ModelInfo`, the Open
-Inference Protocol metadata, metrics and the CLI all read this one object; nobody reads the engine's model.
+`min_latent_area`); this adds the public name and where and in which dtypes the model runs. Input checks,
+`ModelInfo`, the Open Inference Protocol metadata, metrics and the CLI all read this one object; nobody reads the
+engine's model.
 """
 
 from __future__ import annotations
