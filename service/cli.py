@@ -17,13 +17,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
 from tqdm import tqdm
 
 from .client import DEFAULT_URL, Client, Reconstruction, VQServeError, to_pil
+
+if TYPE_CHECKING:
+    from .settings import DType
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 T = TypeVar("T")
@@ -65,7 +68,7 @@ class RemoteBackend:
 class LocalBackend:
     """The model in this process, through the server's own engine, input checks and reply helpers."""
 
-    def __init__(self, path: Path, subfolder: str | None, device: str, decoder_dtype: str = "auto") -> None:
+    def __init__(self, path: Path, subfolder: str | None, device: str, decoder_dtype: DType = "auto") -> None:
         from .engine import Engine
         from .settings import ModelSpec, Settings
 
