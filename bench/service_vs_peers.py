@@ -1,5 +1,7 @@
-"""vqserve over HTTP against its peers, side by side in one run (issue 7's goals 1-4).
+"""vqserve over HTTP against its peers, side by side in one run (issue 7's goals 1-4, issue 20's alternation).
 
+At each headline size (64, 128 and 256 px by default), in alternating rounds (vqserve, LitServe, the bare models;
+again; ...), each round giving its own ratios; reported as the median ratio and its range (min, max) over rounds:
 1. vqserve vs LitServe (batching, max batch 8) hosting diffusers' VQModel: /reconstruct throughput and p99 at 16
    concurrent clients, PNG in and out (LitServe with its idiomatic JSON/base64 interface).
 2. vqserve vs diffusers' VQModel in-process at batch 8 (no HTTP, no codecs): throughput.
@@ -7,8 +9,9 @@
 4. Scaling curves (`--curves`): throughput and p50/p99 against concurrency and image size -> bench/results/.
 
 Servers run one at a time as subprocesses on 127.0.0.1; the load generator (bench/loadgen.py) is its own process.
+`--quick` is a smoke pass (one round of 2 s windows at the first size, nothing written) that proves it runs.
 
-    .venv/bin/python -m bench.service_vs_peers [--checkpoint DIR] [--seconds 20] [--curves]
+    .venv/bin/python -m bench.service_vs_peers [--checkpoint DIR] [--seconds 10] [--rounds 5] [--curves] [--quick]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -98,15 +102,15 @@ def litserve(checkpoint: Path, port: int) -> contextlib.AbstractContextManager[N
     return server(command, f"http://127.0.0.1:{port}/health")
 
 
-def load(url: str, style: str, image: Path, concurrency: int, seconds: float) -> dict:
+def load(url: str, style: str, image: Path, concurrency: int, seconds: float, warmup: float = 3.0) -> dict:
     command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--style", style, "--image", str(image)]
-    command += ["--concurrency", str(concurrency), "--seconds", str(seconds)]
+    command += ["--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup)]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 300)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class BareModels:
-    """diffusers' and our model in this process, for the no-HTTP, no-codec references."""
+    """diffusers' and our model in this process at one image size, for the no-HTTP, no-codec references."""
 
     def __init__(self, checkpoint: Path, png: bytes) -> None:
         from diffusers import VQModel as DiffusersVQModel
@@ -120,26 +124,22 @@ class BareModels:
         self.eight = self.one.repeat(8, 1, 1, 1)
         self.theirs = DiffusersVQModel.from_pretrained(checkpoint).eval()
         self.ours = VQModel.from_pretrained(checkpoint).optimize_for_inference()
-        self.diffusers_b8: list[float] = []
-        self.ours_b1: list[float] = []
-        self.measure(repeats=1)  # warm-up
-        self.diffusers_b8.clear()
-        self.ours_b1.clear()
+        self.measure()  # warm-up, discarded
 
     @torch.inference_mode()
-    def measure(self, repeats: int = 3) -> None:
+    def measure(self, repeats: int = 3) -> dict:
+        """One round: medians over `repeats` of diffusers at batch 8 (images/s) and ours at batch 1 (ms)."""
+        theirs, ours = [], []
         for _ in range(repeats):
             start = time.perf_counter()
             self.theirs(self.eight)
-            self.diffusers_b8.append(time.perf_counter() - start)
+            theirs.append(time.perf_counter() - start)
             start = time.perf_counter()
             self.ours.decode_indices(self.ours.quantize(self.ours.encode(self.one))[1])
-            self.ours_b1.append(time.perf_counter() - start)
-
-    def summary(self) -> dict:
+            ours.append(time.perf_counter() - start)
         return {
-            "diffusers_batch8_images_per_s": 8 / statistics.median(self.diffusers_b8),
-            "ours_batch1_compute_ms": statistics.median(self.ours_b1) * 1e3,
+            "diffusers_batch8_images_per_s": 8 / statistics.median(theirs),
+            "ours_batch1_compute_ms": statistics.median(ours) * 1e3,
         }
 
 
@@ -164,39 +164,67 @@ def merge(runs: list[dict]) -> dict:
     }
 
 
-def headline(checkpoint: Path, seconds: float, rounds: int, work: Path) -> dict:
-    """Rounds alternate the setups so drift hits both; one server runs at a time (LitServe's idle worker polls)."""
-    image = work / "photo256.png"
-    image.write_bytes(photo_png(256))
+def spread(values: list[float]) -> dict:
+    """The median of per-round ratios and their range: one noisy window moves the range, not the median."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "rounds": values}
+    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite), "rounds": values}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def headline(checkpoint: Path, seconds: float, rounds: int, work: Path, sizes: list[int], warmup: float = 3.0) -> dict:
+    """Rounds alternate the setups (vqserve, then LitServe, then the bare models: ABC ABC ...) at every size, so
+    drift hits all of them; one server runs at a time (LitServe's idle worker polls). Each round gives its own
+    ratios; the result is their median and range per size."""
+    images = {size: work / f"photo{size}.png" for size in sizes}
+    for size, path in images.items():
+        path.write_bytes(photo_png(size))
     ours_port, peer_port = free_port(), free_port()
     ours_url, peer_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{peer_port}"
-    runs: dict[str, list[dict]] = {"vqserve_c16": [], "litserve_c16": [], "vqserve_c1": []}
-    bare_models = BareModels(checkpoint, image.read_bytes())
-    for _ in range(rounds):
-        bare_models.measure()
-        with vqserve(checkpoint, ours_port):
-            runs["vqserve_c16"].append(load(ours_url, "vqserve", image, 16, seconds))
-            runs["vqserve_c1"].append(load(ours_url, "vqserve", image, 1, seconds))
-        with litserve(checkpoint, peer_port):
-            runs["litserve_c16"].append(load(peer_url, "litserve", image, 16, seconds))
-    ours16, peer16, ours1 = (merge(runs[k]) for k in ("vqserve_c16", "litserve_c16", "vqserve_c1"))
-    bare = bare_models.summary()
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else float("inf")
-
-    return {
-        "vqserve_c16": ours16,
-        "litserve_c16": peer16,
-        "vqserve_c1": ours1,
-        "bare": bare,
-        "goal1_throughput_ratio_vs_litserve": ratio(ours16["throughput_rps"], peer16["throughput_rps"]),
-        "goal1_p99_ratio_vs_litserve": ratio(ours16["p99_ms"], peer16["p99_ms"]),
-        "goal2_throughput_ratio_vs_bare_diffusers_b8": ratio(
-            ours16["throughput_rps"], bare["diffusers_batch8_images_per_s"]
-        ),
-        "goal3_c1_median_over_bare_compute": ratio(ours1["p50_ms"], bare["ours_batch1_compute_ms"]),
+    per_size: dict[int, dict[str, list[dict]]] = {
+        size: {"vqserve_c16": [], "litserve_c16": [], "vqserve_c1": [], "bare": []} for size in sizes
     }
+    bare_models = {size: BareModels(checkpoint, path.read_bytes()) for size, path in images.items()}
+    for _ in range(rounds):
+        with vqserve(checkpoint, ours_port):
+            for size in sizes:
+                per_size[size]["vqserve_c16"].append(load(ours_url, "vqserve", images[size], 16, seconds, warmup))
+                per_size[size]["vqserve_c1"].append(load(ours_url, "vqserve", images[size], 1, seconds, warmup))
+        with litserve(checkpoint, peer_port):
+            for size in sizes:
+                per_size[size]["litserve_c16"].append(load(peer_url, "litserve", images[size], 16, seconds, warmup))
+        for size in sizes:
+            per_size[size]["bare"].append(bare_models[size].measure())
+    result: dict = {"rounds": rounds, "seconds_per_window": seconds, "sizes": {}}
+    for size in sizes:
+        runs = per_size[size]
+        ours16, peer16, ours1, bare = runs["vqserve_c16"], runs["litserve_c16"], runs["vqserve_c1"], runs["bare"]
+        result["sizes"][str(size)] = {
+            "throughput_ratio_vs_litserve": spread(
+                [ratio(a["throughput_rps"], b["throughput_rps"]) for a, b in zip(ours16, peer16, strict=True)]
+            ),
+            "p99_ratio_vs_litserve": spread(
+                [ratio(a["p99_ms"], b["p99_ms"]) for a, b in zip(ours16, peer16, strict=True)]
+            ),
+            "throughput_ratio_vs_bare_diffusers_b8": spread(
+                [
+                    ratio(a["throughput_rps"], b["diffusers_batch8_images_per_s"])
+                    for a, b in zip(ours16, bare, strict=True)
+                ]
+            ),
+            "c1_median_over_bare_compute": spread(
+                [ratio(a["p50_ms"], b["ours_batch1_compute_ms"]) for a, b in zip(ours1, bare, strict=True)]
+            ),
+            "vqserve_c16": merge(ours16),
+            "litserve_c16": merge(peer16),
+            "vqserve_c1": merge(ours1),
+            "bare": bare,
+        }
+    return result
 
 
 def curves(checkpoint: Path, seconds: float, work: Path, concurrencies: list[int], sizes: list[int]) -> list[dict]:
@@ -246,15 +274,27 @@ def main() -> None:
     parser.add_argument("--curves", action="store_true", help="also the scaling curves (goal 4)")
     parser.add_argument("--curve-seconds", type=float, default=8.0)
     parser.add_argument("--concurrencies", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512], help="curve sizes")
+    parser.add_argument("--headline-sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke: 1 round of 2 s windows at the first headline size; writes nothing"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.headline_sizes, args.curves = 1, 2.0, args.headline_sizes[:1], False
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.checkpoint)}
-        result |= headline(args.checkpoint, args.seconds, args.rounds, Path(tmp))
-        (RESULTS / "headline.json").write_text(json.dumps(result, indent=2) + "\n")
+        result: dict[str, object] = {"machine": machine, "date": time.strftime("%Y-%m-%d")}
+        result["checkpoint"] = str(args.checkpoint)
+        warmup = 0.5 if args.quick else 3.0
+        load_before = os.getloadavg()[0]
+        result |= headline(args.checkpoint, args.seconds, args.rounds, Path(tmp), args.headline_sizes, warmup)
+        result |= {"quick": args.quick, "load_average_1m": [load_before, os.getloadavg()[0]]}
+        if not args.quick:
+            (RESULTS / "headline.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
+        print(json.dumps(result))  # the last line: one JSON object, for scripts
         if args.curves:
             rows = curves(args.checkpoint, args.curve_seconds, Path(tmp), args.concurrencies, args.sizes)
             (RESULTS / "scaling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")

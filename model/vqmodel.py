@@ -68,6 +68,22 @@ class VQModel(nn.Module):
         return self.encoder.conv_in.weight.dtype
 
     @property
+    def decoder_dtype(self) -> torch.dtype:
+        """The dtype `post_quant_conv` and the decoder compute in; `dtype` (encoder, quantizer) unless changed by
+        `set_decoder_dtype`."""
+        return self.decoder.conv_in.weight.dtype
+
+    def set_decoder_dtype(self, dtype: torch.dtype) -> VQModel:
+        """Run `post_quant_conv` and the decoder in `dtype`, leaving the encoder and the quantizer as they are.
+
+        Why: code indices come from the encoder and the nearest-code search alone, so they stay exactly those of
+        a float32 model (diffusers' own) while the decoder, most of a reconstruct's work, runs in half precision.
+        Decoder outputs are cast back to the quantized latents' dtype. Memory format is kept. Returns self."""
+        self.post_quant_conv.to(dtype)
+        self.decoder.to(dtype)
+        return self
+
+    @property
     def device(self) -> torch.device:
         return self.encoder.conv_in.weight.device
 
@@ -97,9 +113,12 @@ class VQModel(nn.Module):
         return self._decode_quantized_maybe_tiled(self.quantize.lookup(indices).to(self.dtype))
 
     def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Quantized latents (B, vq_embed_dim, h, w) -> images, untiled."""
+        """Quantized latents (B, vq_embed_dim, h, w) -> images in the latents' dtype, untiled.
+
+        The decoder computes in `decoder_dtype` (see `set_decoder_dtype`)."""
+        inner = quantized.to(self.decoder_dtype)
         # the spatial-norm decoder is conditioned on the quantized latents themselves
-        return self.decoder(self.post_quant_conv(quantized), quantized)
+        return self.decoder(self.post_quant_conv(inner), inner).to(quantized.dtype)
 
     def _decode_quantized_maybe_tiled(self, quantized: torch.Tensor) -> torch.Tensor:
         factor = self.downsample_factor

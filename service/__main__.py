@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from .engine import check_precision  # noqa: E402
 from .errors import ModelLoadError, one_line  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 from .middleware import BoundedHttpToolsProtocol, ConnectionLimits  # noqa: E402
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     try:
+        check_precision(settings)  # VQSERVE_DEVICE / VQSERVE_DECODER_DTYPE that cannot run on this machine
         listener = bind_listener(settings.host, settings.port)
         fit_open_files(settings.max_connections)
         app = create_app(settings)

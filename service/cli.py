@@ -20,13 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
 from tqdm import tqdm
 
 from .client import DEFAULT_URL, Client, Reconstruction, Samples, VQServeError, to_pil
+
+if TYPE_CHECKING:
+    from .settings import DType
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 T = TypeVar("T")
@@ -96,11 +99,11 @@ class RemoteBackend:
 class LocalBackend:
     """The model in this process, through the server's own engine, input checks and reply helpers."""
 
-    def __init__(self, path: Path, subfolder: str | None, device: str) -> None:
+    def __init__(self, path: Path, subfolder: str | None, device: str, decoder_dtype: DType = "auto") -> None:
         from .engine import Engine
         from .settings import ModelSpec, Settings
 
-        settings = Settings(device=device, warmup=False, models=[], model_path=None)
+        settings = Settings(device=device, decoder_dtype=decoder_dtype, warmup=False, models=[], model_path=None)
         self.engine = Engine(ModelSpec(str(path), path, subfolder), settings)
         self.facts = self.engine.load()
 
@@ -349,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--model-subfolder", help="subfolder of --model-path or of the repo (e.g. vqvae, movq)")
     where.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N")
+    where.add_argument(
+        "--decoder-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="in-process decoder dtype (codes stay float32's); bfloat16 needs a CPU with native bf16",
+    )
     where.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
 
     enc = sub.add_parser("encode", parents=[common], help="images (files or folders) -> .npz/.npy of indices")
@@ -419,7 +428,7 @@ def run_in_process(args: argparse.Namespace) -> int:
     from .settings import describe_invalid
 
     try:
-        backend = LocalBackend(args.model_path, args.model_subfolder, args.device)
+        backend = LocalBackend(args.model_path, args.model_subfolder, args.device, args.decoder_dtype)
     except ModelLoadError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)  # noqa: T201
         return 2

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from model import ConfigError, VQModel
 from model.checkpoint import CheckpointError, has_checkpoint
 from model.config import VQModelConfig
-from model.device import DeviceError, resolve_device
+from model.device import DeviceError, cpu_has_native_bf16, resolve_device
 from model.pixels import to_uint8, to_unit_range
 from model.prior import PixelCNNPrior, PriorConfig, load_prior_for, nll_bits, sample_cell
 from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, encode_tile, record_norm_stats
@@ -46,6 +47,7 @@ from .ops import (
     output_pixels,
 )
 from .settings import ModelSpec, Settings, default_model_path, setting_names
+from .transfer import Transfers
 
 logger = logging.getLogger("vqserve.engine")
 
@@ -99,9 +101,56 @@ def resolve_dtype(requested: str, device: torch.device, force_upcast: bool) -> t
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def resolve_decoder_dtype(
+    requested: str,
+    model_dtype: torch.dtype,
+    device: torch.device,
+    native_bf16: Callable[[], bool] = cpu_has_native_bf16,
+) -> torch.dtype:
+    """VQSERVE_DECODER_DTYPE: `auto` is the model's dtype (VQSERVE_DTYPE); bfloat16 is refused where it would be
+    slower than float32 (a CPU without native bf16, `native_bf16()` false; a GPU without bf16), as a load error
+    naming the setting. `native_bf16` is the CPU probe (tests pass one reading fake /proc/cpuinfo flags)."""
+    if requested == "auto":
+        return model_dtype
+    dtype = _DTYPES[requested]
+    if dtype == torch.bfloat16:
+        if device.type == "cpu" and not native_bf16():
+            raise ModelLoadError(
+                "VQSERVE_DECODER_DTYPE / --decoder-dtype bfloat16 needs a CPU with native bf16 (avx512_bf16 or "
+                "amx_bf16) and this one has neither (it would run slower than float32): use auto or float32"
+            )
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ModelLoadError(f"VQSERVE_DECODER_DTYPE bfloat16: {device} does not support bfloat16; use float16")
+    return dtype
+
+
+def check_precision(settings: Settings) -> None:
+    """Refuse device and decoder dtype settings that cannot run here, before the server starts (`python -m service`
+    exits 2 with the one line); loading checks the same for app users. VQSERVE_DTYPE auto never fails (it is
+    float32 on CPU), so the decoder's check only needs an explicit dtype's facts."""
+    device = serving_device(settings.device)
+    model_dtype = _DTYPES.get(settings.dtype, torch.float32)
+    resolve_decoder_dtype(settings.decoder_dtype, model_dtype, device)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@cache
+def transfers(device: torch.device) -> Transfers:
+    """One set of copy buffers and streams per device, shared by the engines on it."""
+    return Transfers(device)
+
+
+def host(x: torch.Tensor) -> torch.Tensor:
+    """A result on the CPU (pinned and non-blocking from a GPU; see `transfer.py`)."""
+    return transfers(x.device).to_host(x)
+
+
 def uint8_images(x: torch.Tensor) -> list[np.ndarray]:
     """(B, C, H, W) in ~[-1, 1] -> B arrays (H, W, C) uint8."""
-    return list(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
+    return list(host(to_uint8(x).permute(0, 2, 3, 1)).numpy())
 
 
 class Engine:
@@ -160,28 +209,33 @@ class Engine:
         # from the checkpoint's weights on the CPU, before any cast: the same colours on every device and dtype
         colors = tuple((r, g, b) for r, g, b in model.quantize.principal_colors().tolist())
         dtype = resolve_dtype(self._settings.dtype, device, model.config.force_upcast)
-        self.model = model.to(device=device, dtype=dtype).optimize_for_inference()
-        self.bytes_per_pixel = activation_bytes_per_pixel(model.config, dtype.itemsize)
+        decoder_dtype = resolve_decoder_dtype(self._settings.decoder_dtype, dtype, device)
+        # fused upsampling weights are built in the load dtype, then the decoder is cast
+        self.model = model.to(device=device, dtype=dtype).optimize_for_inference().set_decoder_dtype(decoder_dtype)
+        itemsize = max(dtype.itemsize, decoder_dtype.itemsize)
+        self.bytes_per_pixel = activation_bytes_per_pixel(model.config, itemsize)
         prior_config = self._load_prior(model.config, device)
         if self._settings.warmup:
             self._warm_up(self.model)
             if device.type == "cuda":
                 self.bytes_per_pixel = self._measured_bytes_per_pixel(self.model)
         self.facts = ModelFacts(
-            self.name,
-            model.config,
-            str(device),
-            str(dtype).removeprefix("torch."),
-            self.source,
-            colors,
+            name=self.name,
+            config=model.config,
+            device=str(device),
+            dtype=_name(dtype),
+            decoder_dtype=_name(decoder_dtype),
+            source=self.source,
+            codebook_colors=colors,
             prior=prior_config,
         )
         logger.info(
-            "model %s loaded from %s on %s as %s in %.2fs%s",
+            "model %s loaded from %s on %s as %s (decoder %s) in %.2fs%s",
             self.name,
             self.source.describe(),
             self.facts.device,
             self.facts.dtype,
+            self.facts.decoder_dtype,
             time.perf_counter() - started,
             "" if prior_config is None else f", with a prior over {list(prior_config.grid_size)} code grids",
         )
@@ -328,12 +382,12 @@ def prior_activation_bytes_per_cell(config: PriorConfig) -> int:
 
 # the ops, on the engine thread under inference mode
 def _stack(model: VQModel, payloads: list[Any]) -> torch.Tensor:
-    return torch.stack(payloads).to(model.device)  # B x (item shape)
+    return transfers(model.device).to_device(payloads)  # B x (item shape)
 
 
 def _tiles(model: VQModel, payloads: list[Tile]) -> tuple[torch.Tensor, NormStats]:
     """A batch of tiles (of one shape, maybe of several requests) and their statistics, on the device."""
-    batch = torch.stack([tile.tensor for tile in payloads]).to(model.device)
+    batch = transfers(model.device).to_device([tile.tensor for tile in payloads])
     return batch, NormStats.stack([tile.stats for tile in payloads]).to(model.device)
 
 
@@ -341,8 +395,8 @@ def _encode(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch = _stack(model, payloads)
     latents = model.encode(batch.to(model.dtype))  # (B, D, h, w)
     _, indices = model.quantize(latents)  # (B, h, w)
-    indices_cpu = indices.to(torch.int32).cpu()
-    latents_cpu = latents.float().cpu()
+    indices_cpu = host(indices.to(torch.int32))
+    latents_cpu = host(latents.float())
     return [Encoded(indices_cpu[i], latents_cpu[i]) for i in range(len(batch))]
 
 
@@ -369,7 +423,7 @@ def _decode_float(model: VQModel, payloads: list[Any], params: FloatDecode) -> l
     )  # (B, C, H, W)
     if params.unit_range:
         images = to_unit_range(images)
-    return list(images.cpu().unbind(0))
+    return list(host(images).unbind(0))
 
 
 def _encode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
@@ -379,13 +433,14 @@ def _encode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]
 
 def _encode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch, stats = _tiles(model, payloads)
-    return list(encode_tile(model, batch.to(model.dtype), stats).float().cpu().unbind(0))
+    return list(host(encode_tile(model, batch.to(model.dtype), stats).float()).unbind(0))
 
 
 def _quantize(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     latents = _stack(model, payloads).float()  # (B, D, h, w)
     _, indices = model.quantize(latents)
-    return [Encoded(i.to(torch.int32).cpu(), z.cpu()) for i, z in zip(indices, latents, strict=True)]
+    indices_cpu, latents_cpu = host(indices.to(torch.int32)), host(latents)
+    return [Encoded(i, z) for i, z in zip(indices_cpu, latents_cpu, strict=True)]
 
 
 def _quantized(model: VQModel, batch: torch.Tensor) -> torch.Tensor:
@@ -403,7 +458,7 @@ def _decode_stats(model: VQModel, payloads: list[Any], params: Any) -> list[Any]
 
 def _decode_tile(model: VQModel, payloads: list[Any], params: Any) -> list[Any]:
     batch, stats = _tiles(model, payloads)
-    return list(decode_tile(model, _quantized(model, batch), stats).float().cpu().unbind(0))
+    return list(host(decode_tile(model, _quantized(model, batch), stats).float()).unbind(0))
 
 
 # the prior's ops (service/sampling.py drives PRIOR_STEP one raster cell at a time)

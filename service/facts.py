@@ -1,9 +1,9 @@
 """`ModelFacts`: what the rest of the service may know about a loaded model, fixed once at load.
 
 The typed `VQModelConfig` carries the derived facts (`downsample_factor`, `codebook_size`, `embed_dim`,
-`min_latent_area`); this adds the public name, where the model runs, where its checkpoint came from, the
-codebook's colours (for pictures of code grids) and the config of its learned prior when the checkpoint has one
-(`prior/`). Input checks, `ModelInfo`, the Open Inference Protocol metadata, metrics, the CLI and the web page's
+`min_latent_area`); this adds the public name, where and in which dtypes the model runs, where its checkpoint came
+from, the codebook's colours (for pictures of code grids) and the config of its learned prior when the checkpoint has
+one (`prior/`). Input checks, `ModelInfo`, the Open Inference Protocol metadata, metrics, the CLI and the web page's
 colours all read this one object; nobody reads the engine's model.
 """
 
@@ -51,7 +51,8 @@ class ModelFacts:
     name: str  # the public name (the `model` query parameter)
     config: VQModelConfig
     device: str  # e.g. "cpu", "cuda:0"
-    dtype: str  # e.g. "float32", "bfloat16"
+    dtype: str  # the encoder's and quantizer's, e.g. "float32", "bfloat16"
+    decoder_dtype: str  # post_quant_conv's and the decoder's (VQSERVE_DECODER_DTYPE); `dtype` unless set
     source: ModelSource
     # one [r, g, b] per code: the codebook's first three principal components (`GET /models/{name}/codebook/colors`);
     # computed once at load, from the checkpoint's weights before they are cast for the device

@@ -102,6 +102,10 @@ def latent_factors(scaling_factor: object, shift_factor: object = None) -> Laten
     )
 
 
+def _finite_max(dtype: str) -> float:
+    return torch.finfo(codecs.TENSOR_DTYPES.get(dtype, torch.float32)).max
+
+
 def unscale_latents(latents: torch.Tensor, factors: LatentFactors, facts: ModelFacts) -> torch.Tensor:
     """Float32 latents -> `latents / scale + shift`; a 422 unless every value stays finite in the dtype the
     model computes in (float16 overflows far sooner than float32)."""
@@ -109,12 +113,13 @@ def unscale_latents(latents: torch.Tensor, factors: LatentFactors, facts: ModelF
         latents = latents / factors.scale
     if factors.shift is not None:
         latents = latents + factors.shift
-    limit = torch.finfo(codecs.TENSOR_DTYPES.get(facts.dtype, torch.float32)).max
+    decodes_in = min(facts.dtype, facts.decoder_dtype, key=_finite_max)
+    limit = _finite_max(decodes_in)
     if not _within(latents, limit):
         raise ServiceError(
             "invalid_input",
             f"latents / scaling_factor ({factors.scale}) + shift_factor ({factors.shift}) leave the finite range of "
-            f"{facts.dtype} (±{limit:.4g}) that model {facts.name!r} decodes in; send smaller latents or factors",
+            f"{decodes_in} (±{limit:.4g}) that model {facts.name!r} decodes in; send smaller latents or factors",
         )
     return latents
 

@@ -47,7 +47,8 @@ class ModelInfo(BaseModel):
     latent_channels: int
     vq_embed_dim: int
     device: str
-    dtype: str
+    dtype: str = Field(description="the encoder's and quantizer's dtype (code indices)")
+    decoder_dtype: str = Field(description="the decoder's dtype (VQSERVE_DECODER_DTYPE; pixels)")
     source: LocalSource | HubSource = Field(
         description="where the checkpoint came from: a local directory (`path`, `subfolder`), or a Hugging Face "
         "Hub repo (`repo`, `revision`: the commit served, `ref`: the revision asked for, `subfolder`)"
@@ -68,6 +69,7 @@ class ModelInfo(BaseModel):
             vq_embed_dim=config.embed_dim,
             device=facts.device,
             dtype=facts.dtype,
+            decoder_dtype=facts.decoder_dtype,
             source=facts.source,
             prior=None
             if prior is None

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         default="auto",
         description="`auto` (bf16/fp16 on GPU unless `force_upcast`, fp32 on CPU), `float32`, `float16`, `bfloat16`",
     )
+    decoder_dtype: DType = Field(
+        default="auto",
+        description="the decoder's dtype alone (post_quant_conv + decoder; the encoder and quantizer keep `DTYPE`, so "
+        "codes do not change); `auto`: `DTYPE`; `bfloat16` is refused on a CPU without native bf16 (avx512_bf16, "
+        "amx_bf16), where it is slower",
+    )
     warmup: bool = Field(
         default=True,
         description="run each op once at the model's `sample_size` (at most the tile size) before turning ready",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,37 @@ def test_sampling_bench_smoke_pass(tiny_prior_checkpoint: Path) -> None:
     assert set(result["grids_per_s"]) == {"one request", "concurrent", "sequential"}
     assert all(rate > 0 for rate in result["grids_per_s"].values())
     assert 1 <= result["steps_per_batch_concurrent"] <= 3
+
+
+def test_service_vs_peers_quick_smoke_pass(tiny_checkpoint: Path) -> None:
+    """`python -m bench.service_vs_peers --quick`: one alternating round (vqserve, LitServe, the bare models) runs
+    end to end and reports per-round ratios with their median and range; nothing is written to bench/results."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.service_vs_peers", "--checkpoint", str(tiny_checkpoint), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["quick"] is True
+    assert result["rounds"] == 1
+    (size,) = result["sizes"]
+    row = result["sizes"][size]
+    assert row["litserve_c16"]["ok"] + row["vqserve_c16"]["ok"] > 0  # requests went through both servers
+    assert row["vqserve_c1"]["status"].get("200", 0) > 0
+    ratio = row["throughput_ratio_vs_litserve"]
+    assert len(ratio["rounds"]) == 1
+    if math.isfinite(ratio["rounds"][0]):  # a loaded machine may complete nothing on one side in a 2 s window
+        assert ratio["min"] == ratio["median"] == ratio["max"] == ratio["rounds"][0]
+    assert row["bare"][0]["diffusers_batch8_images_per_s"] > 0
+
+
+def test_norm_fusion_quick_smoke_pass() -> None:
+    """`python -m bench.norm_fusion --quick`: every candidate is checked against the baseline and A/B timed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.norm_fusion", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {row["candidate"] for row in result["rows"]} == {"compiled", "single_pass", "conv_add_postop"}
+    for row in result["rows"]:
+        assert row["max_abs_error"] < 1e-4  # each candidate computes what the model computes
+        assert row["median_ratio"] > 0

@@ -186,3 +186,31 @@ def test_inference_optimizations_keep_results(name: str, tmp_path: Path) -> None
     in_ch = VARIANTS[name].get("in_channels", 3)
     with torch.inference_mode():
         assert_parity(reference, optimized, sample_images(3, in_ch, 36, 44, seed=7))
+
+
+# Mean absolute error on the [-1, 1] scale against diffusers' float32 decode, a little above the largest measured
+# over VARIANTS at 36x44 (bfloat16 0.0152, float16 0.0035: random-weight models amplify rounding more than trained
+# ones; the shipped model's bfloat16 decoder is 55.7 dB from its float32 one).
+DECODER_DTYPE_MEAN_ERROR = {torch.bfloat16: 0.02, torch.float16: 0.005}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["narrow-ldm-celebahq-256-vqvae", "narrow-kandinsky-2-2-movq", "gelu-three-levels"])
+def test_half_precision_decoder_keeps_codes(name: str, dtype: torch.dtype, tmp_path: Path) -> None:
+    """`set_decoder_dtype`: the encoder and quantizer stay float32, so the codes are diffusers' exactly; the decoder
+    in half precision gives diffusers' float32 pixels within a stated tolerance, handed back as float32."""
+    reference, ours = load_pair(VARIANTS[name], tmp_path)
+    ours.optimize_for_inference().set_decoder_dtype(dtype)
+    assert (ours.dtype, ours.decoder_dtype, ours.post_quant_conv.weight.dtype) == (torch.float32, dtype, dtype)
+    images = sample_images(2, VARIANTS[name].get("in_channels", 3), 36, 44, seed=7)
+    with torch.inference_mode():
+        ref_latents = reference.encode(images).latents
+        _, _, (_, _, ref_indices) = reference.quantize(ref_latents)
+        _, indices = ours.quantize(ours.encode(images))
+        assert torch.equal(indices.flatten(), ref_indices.flatten()), "code indices differ"
+        assert indices.unique().numel() > 4
+        expected = reference.decode(ref_latents).sample
+        for decoded in (ours.decode(ref_latents), ours.decode_indices(indices)):
+            assert decoded.dtype == torch.float32
+            error = (decoded - expected).abs().mean()
+            assert 0 < error < DECODER_DTYPE_MEAN_ERROR[dtype], f"{dtype} decoder off by {error:.4f} on average"
