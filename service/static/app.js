@@ -584,7 +584,8 @@ function select(cell) {
 function updateEditInfo() {
   const edits = state.result ? countEdits() : 0;
   const where = state.selected ? `selected ${describeCell(state.selected)}` : "no cell selected";
-  const painted = state.painted ? state.painted.reduce((n, v) => n + v, 0) : 0;
+  const prior = state.result && modelInfo(state.result.model)?.prior;
+  const painted = prior && state.painted ? state.painted.reduce((n, v) => n + v, 0) : 0;
   const region = painted ? ` ${painted} painted (the region Complete redraws).` : "";
   $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.${region}`;
   $("apply").disabled = !state.selected;

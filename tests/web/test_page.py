@@ -329,16 +329,19 @@ def assert_not_blank(path: Path) -> None:
 
 
 def test_the_readme_screenshot_script_runs_on_the_shipped_models(browser: Any, tmp_path: Path) -> None:
-    """`python -m docs.screenshot` (which remakes the README's picture) still drives the page to the end."""
-    from docs.screenshot import capture, serve_args
+    """`python -m docs.screenshot` (which remakes the README's pictures) still drives the page to the end."""
+    from docs.screenshot import capture, capture_generate, serve_args
 
     shot = tmp_path / "web-page.png"
+    generate_shot = tmp_path / "web-page-generate.png"
     with serving(serve_args(), tmp_path / "server.log") as server:
         capture(browser, server.url, shot, code=1234)
-    assert_not_blank(shot)
-    with Image.open(shot) as image:
-        size = image.size
-    assert min(size) > 600, f"{size}: not the whole results card"
+        capture_generate(browser, server.url, generate_shot, label=3, seed=0)
+    for picture in (shot, generate_shot):
+        assert_not_blank(picture)
+        with Image.open(picture) as image:
+            size = image.size
+        assert min(size) > 600, f"{picture.name} {size}: not the whole results card"
 
 
 # ------------------------------------------------------------------------------------------------- issue 19
