@@ -505,9 +505,44 @@ function drawCodeMap() {
     ctx.strokeStyle = "#fff";
     ctx.strokeRect(x - 1, y - 1, size * s + 2, size * s + 2);
   };
+  outlineRegion(ctx, s);
   outline(state.selected, false);
   outline(state.hover, true);
   ctx.setLineDash([]);
+}
+
+// for a model with a prior, the painted cells (what Complete redraws) get a dashed border around their region
+function outlineRegion(ctx, s) {
+  if (!state.painted.includes(1) || !modelInfo(state.result.model)?.prior) return;
+  const [h, w] = state.result.shape;
+  const painted = (r, c) => r >= 0 && c >= 0 && r < h && c < w && state.painted[r * w + c] === 1;
+  ctx.beginPath();
+  for (let r = 0; r < h; r += 1) {
+    for (let c = 0; c < w; c += 1) {
+      if (!painted(r, c)) continue;
+      const [x, y] = [c * s, r * s];
+      const edges = [
+        [!painted(r - 1, c), x, y, x + s, y],
+        [!painted(r + 1, c), x, y + s, x + s, y + s],
+        [!painted(r, c - 1), x, y, x, y + s],
+        [!painted(r, c + 1), x + s, y, x + s, y + s],
+      ];
+      for (const [open, x0, y0, x1, y1] of edges) {
+        if (!open) continue;
+        ctx.moveTo(x0, y0);
+        ctx.lineTo(x1, y1);
+      }
+    }
+  }
+  ctx.lineWidth = 2;
+  ctx.setLineDash([4, 4]);
+  ctx.strokeStyle = "#000";
+  ctx.lineDashOffset = 0;
+  ctx.stroke();
+  ctx.strokeStyle = "#fff";
+  ctx.lineDashOffset = 4;
+  ctx.stroke();
+  ctx.lineDashOffset = 0;
 }
 
 function cellAt(event) {
