@@ -28,7 +28,7 @@ const state = {
   decodeMs: null,
   times: {},
   completing: false, // a POST /complete is on its way
-  completion: null, // {seed, mask} of the last completion applied
+  completion: null, // {seed, mask} of the last completion applied (its seed is shown: it may be a random one)
   urls: [], // object URLs to revoke when replaced
   palettes: new Map(), // model name -> a CSS colour per code (GET /models/{name}/codebook/colors), fetched once
   palette: null, // the current result's model's palette
@@ -270,6 +270,7 @@ function showResult(result, { blob, reconstruction, palette, originalPixels, tim
   state.result = result;
   state.edited = result.indices.map((row) => row.slice());
   state.painted = new Uint8Array(result.shape[0] * result.shape[1]);
+  state.completion = null;
   state.editSerial += 1;
   state.selected = null;
   state.hover = null;
@@ -622,7 +623,8 @@ function updateEditInfo() {
   const prior = state.result && modelInfo(state.result.model)?.prior;
   const painted = prior && state.painted ? state.painted.reduce((n, v) => n + v, 0) : 0;
   const region = painted ? ` ${painted} painted (the region Complete redraws).` : "";
-  $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.${region}`;
+  const completed = state.completion ? ` Last completion: seed ${state.completion.seed}.` : "";
+  $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.${region}${completed}`;
   $("apply").disabled = !state.selected;
   $("apply").textContent = applyLabel();
   $("reset").disabled = edits === 0 && !(state.painted && state.painted.includes(1));
@@ -717,6 +719,7 @@ function onReset() {
   if (!state.result) return;
   state.edited = state.result.indices.map((row) => row.slice());
   state.painted.fill(0);
+  state.completion = null;
   state.editSerial += 1;
   recount();
   drawBaseMap();

@@ -557,6 +557,16 @@ def generate_on_page(
     page.wait_for_function(GENERATED)
 
 
+# at each sample added to the grid: how many /generate replies the page had by then (resource timing)
+WATCH_SAMPLES = """() => {
+  window.replies = [];
+  const count = () => performance.getEntriesByType("resource").filter((e) => e.name.includes("/generate")).length;
+  new MutationObserver((changes) => {
+    for (const change of changes) for (const _ of change.addedNodes) window.replies.push(count());
+  }).observe(document.getElementById("gen-samples"), { childList: true });
+}"""
+
+
 def b64_pixels(text: str) -> np.ndarray:
     return png_pixels(base64.b64decode(text))
 
@@ -571,7 +581,13 @@ def test_generate_panel_is_shown_for_a_prior_and_draws_what_the_api_draws(page: 
 
     requests: list[dict[str, Any]] = []
     page.on("request", lambda r: "/generate" in r.url and requests.append(json.loads(r.post_data or "{}")))
+    page.evaluate(WATCH_SAMPLES)
     generate_on_page(page, count=5, seed="1234", label="3", temperature="0.8", top_k="20")
+    # each sample was shown as its reply came in, not all of them at the end: the replies counted at each addition
+    # rise by one (whether a reply's timing entry lands just before or just after its sample shows)
+    replies = page.evaluate("() => window.replies")
+    assert len(replies) == 5, replies
+    assert all(b - a == 1 for a, b in zip(replies, replies[1:], strict=False)), replies
     assert page.locator("#generate").get_attribute("data-state") == "ready"
     assert page.locator("#gen-samples img").count() == 5
     assert page.locator("#gen-samples").get_attribute("data-count") == "5"
@@ -661,6 +677,7 @@ def test_a_sample_opens_in_the_editor_and_complete_redraws_only_the_painted_cell
     assert np.array_equal(after[keep], np.array(before)[keep]), "an unpainted cell changed"
     assert (after[~keep] != 0).any(), "the prior left the painted region as painted"
     assert "complete" in page.locator("#stat-time").inner_text()
+    assert "Last completion: seed 99." in page.locator("#edit-info").inner_text()
     # the decode shown is of the completed grid
     decoded = httpx.post(
         f"{server}/decode?model=digits", json={"indices": after.tolist()}, headers={"accept": "image/png"}, timeout=30
