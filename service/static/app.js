@@ -1,8 +1,9 @@
 // vqserve page: show and edit the discrete codes of a VQ autoencoder.
 //
 // Plain JavaScript with no build step and no third-party code, so the page works offline and shows how a client
-// uses the public API: GET /models, GET /models/{name}/codebook/colors, POST /encode, POST /reconstruct and
-// POST /decode, nothing else. downloads.js (loaded first) builds the files the page offers for download.
+// uses the public API: GET /models, GET /models/{name}/codebook/colors, POST /encode, POST /reconstruct,
+// POST /decode and, for models with a prior, POST /generate and POST /complete, nothing else. downloads.js (loaded
+// first) builds the files the page offers for download.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,9 +11,14 @@ const $ = (id) => document.getElementById(id);
 const state = {
   models: [], // ModelInfo objects from GET /models
   image: null, // {blob, name, url}: what the user picked
-  result: null, // {model, indices, shape: [h, w], imageSize: [H, W], codebookSize, factor, channels, psnr}
+  result: null, // {model, indices, shape: [h, w], imageSize: [H, W], codebookSize, factor, channels, psnr, generated}
   edited: null, // a copy of result.indices that the user changes
   counts: null, // Int32Array(K): cells per code in `edited`
+  painted: null, // Uint8Array(h * w): 1 where the user set a code since the grid was shown: /complete's mask
+  editSerial: 0, // counts changes to `edited`, so that a /complete reply for an older grid is not applied
+  generated: null, // {model, seed, shape, samples: [{indices, image}]}: what the Generate panel drew
+  genRun: 0, // a newer Generate (or another model) makes older samples' replies stale
+  genAbort: null,
   selected: null, // [row, col] of the selected cell
   hover: null, // [row, col] under the pointer
   baseMap: null, // offscreen canvas with one filled square per cell; overlays are drawn on top of it
@@ -21,6 +27,8 @@ const state = {
   decodeAbort: null,
   decodeMs: null,
   times: {},
+  completing: false, // a POST /complete is on its way
+  completion: null, // {seed, mask} of the last completion applied (its seed is shown: it may be a random one)
   urls: [], // object URLs to revoke when replaced
   palettes: new Map(), // model name -> a CSS colour per code (GET /models/{name}/codebook/colors), fetched once
   palette: null, // the current result's model's palette
@@ -112,10 +120,10 @@ function markDecodeStale() {
 }
 
 // a code the user typed that cannot be applied: said next to the editor, the results are untouched
-function showEditError(text) {
+function showEditError(text, invalidCode = true) {
   $("edit-error").textContent = text;
   $("edit-error").hidden = false;
-  $("code").setAttribute("aria-invalid", "true");
+  if (invalidCode) $("code").setAttribute("aria-invalid", "true");
 }
 
 function clearEditError() {
@@ -194,6 +202,7 @@ function describeModel() {
     `downsample ×${info.downsample_factor}, ${info.codebook_size} codes (${fmt(bits, 2)} bits each), ` +
     `${info.device} ${info.dtype}`;
   $("code").max = String(info.codebook_size - 1);
+  showGeneratePanel(info);
 }
 
 // ---------------------------------------------------------------------------------------------- run
@@ -235,9 +244,8 @@ async function run() {
     const originalPixels = await modelPixels(blob, info.in_channels);
     if (id !== state.runId) return;
 
-    releaseURLs();
     const data = encoded.data;
-    state.result = {
+    const result = {
       model: info.name,
       indices: data.indices,
       shape: data.shape,
@@ -246,34 +254,47 @@ async function run() {
       factor: info.downsample_factor,
       channels: info.in_channels,
       psnr: Number.parseFloat(rebuilt.response.headers.get("x-psnr")),
+      generated: false,
     };
-    state.edited = data.indices.map((row) => row.slice());
-    state.selected = null;
-    state.hover = null;
-    state.palette = palette;
-    state.originalPixels = originalPixels;
-    state.reconstruction = rebuilt.data;
-    state.decoded = null;
-    state.psnrEdited = null;
-    state.decodeFailed = false;
-    markDecodeStale();
-    state.times = { encode: encoded.ms, reconstruct: rebuilt.ms };
-    $("original").src = objectURL(blob);
-    $("reconstruction").src = objectURL(rebuilt.data);
-    $("results").hidden = false;
-    $("results").classList.remove("stale");
-    $("editor").hidden = false;
-    $("code").max = String(data.codebook_size - 1);
-    recount();
-    drawBaseMap();
-    drawCodeMap();
-    drawHistogram();
-    showStats();
-    updateEditInfo();
+    const times = { encode: encoded.ms, reconstruct: rebuilt.ms };
+    showResult(result, { blob, reconstruction: rebuilt.data, palette, originalPixels, times });
     await decodeEdited(id);
   } catch (error) {
     if (id === state.runId && error.name !== "AbortError") showError(error);
   }
+}
+
+// show a code grid and the picture it came from (an encoded image, or a generated sample) and open the editor
+function showResult(result, { blob, reconstruction, palette, originalPixels, times }) {
+  releaseURLs();
+  state.result = result;
+  state.edited = result.indices.map((row) => row.slice());
+  state.painted = new Uint8Array(result.shape[0] * result.shape[1]);
+  state.completion = null;
+  state.editSerial += 1;
+  state.selected = null;
+  state.hover = null;
+  state.palette = palette;
+  state.originalPixels = originalPixels;
+  state.reconstruction = reconstruction;
+  state.decoded = null;
+  state.psnrEdited = null;
+  state.decodeFailed = false;
+  markDecodeStale();
+  state.times = times;
+  $("original").src = objectURL(blob);
+  $("reconstruction").src = objectURL(reconstruction);
+  $("reconstruction-source").textContent = result.generated ? "(/generate)" : "(/reconstruct)";
+  $("results").hidden = false;
+  $("results").classList.remove("stale");
+  $("editor").hidden = false;
+  $("code").max = String(result.codebookSize - 1);
+  recount();
+  drawBaseMap();
+  drawCodeMap();
+  drawHistogram();
+  showStats();
+  updateEditInfo();
 }
 
 // POST /decode with the edited grid as JSON indices, cropped to the original size; stale replies are dropped
@@ -387,7 +408,7 @@ function showStats() {
   const bpp = (bitsPerCode * h * w) / (H * W);
   const raw = 8 * r.channels;
   const edits = countEdits();
-  $("stat-psnr").textContent = `${fmt(r.psnr, 2)} dB`;
+  $("stat-psnr").textContent = r.generated ? "none: a generated sample has no original" : `${fmt(r.psnr, 2)} dB`;
   $("psnr-edited-row").hidden = edits === 0;
   $("stat-psnr-edited").textContent = state.psnrEdited === null ? "–" : `${fmt(state.psnrEdited, 2)} dB`;
   $("used-label").textContent = `Codes used (${edits ? "edited" : "original"} grid)`;
@@ -405,8 +426,8 @@ function showStats() {
     `${used} of ${r.codebookSize} (${fmt((100 * used) / r.codebookSize, 1)}%), ` +
     `perplexity ${fmt(2 ** entropy, 1)}`;
   const t = state.times;
-  const parts = [`encode ${fmt(t.encode, 0)} ms`, `reconstruct ${fmt(t.reconstruct, 0)} ms`];
-  if (t.decode !== undefined) parts.push(`decode ${fmt(t.decode, 0)} ms`);
+  const steps = ["encode", "reconstruct", "generate", "complete", "decode"].filter((k) => t[k] !== undefined);
+  const parts = steps.map((k) => `${k} ${fmt(t[k], 0)} ms`);
   $("stat-time").textContent = parts.join(" · ");
   $("original-size").textContent = `(${W} × ${H})`;
 }
@@ -485,9 +506,44 @@ function drawCodeMap() {
     ctx.strokeStyle = "#fff";
     ctx.strokeRect(x - 1, y - 1, size * s + 2, size * s + 2);
   };
+  outlineRegion(ctx, s);
   outline(state.selected, false);
   outline(state.hover, true);
   ctx.setLineDash([]);
+}
+
+// for a model with a prior, the painted cells (what Complete redraws) get a dashed border around their region
+function outlineRegion(ctx, s) {
+  if (!state.painted.includes(1) || !modelInfo(state.result.model)?.prior) return;
+  const [h, w] = state.result.shape;
+  const painted = (r, c) => r >= 0 && c >= 0 && r < h && c < w && state.painted[r * w + c] === 1;
+  ctx.beginPath();
+  for (let r = 0; r < h; r += 1) {
+    for (let c = 0; c < w; c += 1) {
+      if (!painted(r, c)) continue;
+      const [x, y] = [c * s, r * s];
+      const edges = [
+        [!painted(r - 1, c), x, y, x + s, y],
+        [!painted(r + 1, c), x, y + s, x + s, y + s],
+        [!painted(r, c - 1), x, y, x, y + s],
+        [!painted(r, c + 1), x + s, y, x + s, y + s],
+      ];
+      for (const [open, x0, y0, x1, y1] of edges) {
+        if (!open) continue;
+        ctx.moveTo(x0, y0);
+        ctx.lineTo(x1, y1);
+      }
+    }
+  }
+  ctx.lineWidth = 2;
+  ctx.setLineDash([4, 4]);
+  ctx.strokeStyle = "#000";
+  ctx.lineDashOffset = 0;
+  ctx.stroke();
+  ctx.strokeStyle = "#fff";
+  ctx.lineDashOffset = 4;
+  ctx.stroke();
+  ctx.lineDashOffset = 0;
 }
 
 function cellAt(event) {
@@ -539,7 +595,9 @@ function setCells(centre, size, code) {
   let changed = false;
   for (let r = centre[0] - half; r <= centre[0] + half; r += 1) {
     for (let c = centre[1] - half; c <= centre[1] + half; c += 1) {
-      if (r < 0 || c < 0 || r >= h || c >= w || state.edited[r][c] === code) continue;
+      if (r < 0 || c < 0 || r >= h || c >= w) continue;
+      state.painted[r * w + c] = 1; // painted with the code it had still counts as painted (for /complete)
+      if (state.edited[r][c] === code) continue;
       state.counts[state.edited[r][c]] -= 1;
       state.counts[code] += 1;
       state.edited[r][c] = code;
@@ -547,6 +605,8 @@ function setCells(centre, size, code) {
       changed = true;
     }
   }
+  if (changed) state.editSerial += 1;
+  updateCompleteButton();
   return changed;
 }
 
@@ -560,10 +620,15 @@ function select(cell) {
 function updateEditInfo() {
   const edits = state.result ? countEdits() : 0;
   const where = state.selected ? `selected ${describeCell(state.selected)}` : "no cell selected";
-  $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.`;
+  const prior = state.result && modelInfo(state.result.model)?.prior;
+  const painted = prior && state.painted ? state.painted.reduce((n, v) => n + v, 0) : 0;
+  const region = painted ? ` ${painted} painted (the region Complete redraws).` : "";
+  const completed = state.completion ? ` Last completion: seed ${state.completion.seed}.` : "";
+  $("edit-info").textContent = `${where}. ${edits} cell${edits === 1 ? "" : "s"} edited.${region}${completed}`;
   $("apply").disabled = !state.selected;
   $("apply").textContent = applyLabel();
-  $("reset").disabled = edits === 0;
+  $("reset").disabled = edits === 0 && !(state.painted && state.painted.includes(1));
+  updateCompleteButton();
 }
 
 // what the Apply button does in the current tool: set the selected cell, or stamp the brush centred on it
@@ -653,6 +718,9 @@ function onApply(event) {
 function onReset() {
   if (!state.result) return;
   state.edited = state.result.indices.map((row) => row.slice());
+  state.painted.fill(0);
+  state.completion = null;
+  state.editSerial += 1;
   recount();
   drawBaseMap();
   afterEdit();
@@ -749,6 +817,259 @@ function onHistogramClick(event) {
   updateEditInfo();
 }
 
+// ---------------------------------------------------------------------------------------------- prior
+
+function modelInfo(name) {
+  return state.models.find((m) => m.name === name);
+}
+
+// the Generate panel belongs to the selected model: shown only when it has a prior, with that prior's classes;
+// samples drawn from another model go (and a draw still on its way is abandoned)
+function showGeneratePanel(info) {
+  const prior = info && info.prior;
+  if (state.generated && (!info || state.generated.model !== info.name)) clearSamples();
+  $("generate").hidden = !prior;
+  if (!prior) return;
+  const select = $("gen-label");
+  const previous = select.value;
+  const any = document.createElement("option");
+  any.value = "";
+  any.textContent = prior.num_labels ? "any" : "any (the prior has no classes)";
+  select.replaceChildren(any);
+  for (let label = 0; label < prior.num_labels; label += 1) {
+    const option = document.createElement("option");
+    option.value = String(label);
+    option.textContent = String(label);
+    select.append(option);
+  }
+  if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+  $("gen-top-k").max = String(prior.codebook_size);
+}
+
+function clearSamples() {
+  state.genRun += 1;
+  if (state.genAbort) state.genAbort.abort();
+  state.generated = null;
+  $("gen-samples").replaceChildren();
+  $("gen-samples").dataset.count = "0";
+}
+
+function setGenerateState(kind, text) {
+  $("generate").dataset.state = kind;
+  $("gen-status").textContent = text;
+}
+
+function showGenerateError(error) {
+  clearSamples(); // nothing under the message that it does not describe
+  $("gen-error").textContent = errorText(error);
+  $("gen-error").hidden = false;
+  setGenerateState("error", "");
+}
+
+// an optional whole number field: empty is `undefined` (the service's default); anything else must be whole
+function wholeNumber(id, what) {
+  const raw = $(id).value.trim();
+  if (raw === "") return undefined;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value)) throw new ApiError(`${what} must be a whole number.`);
+  return value;
+}
+
+// the sampling settings of the Generate panel, as /generate and /complete read them; the service checks ranges
+function samplingParams() {
+  const raw = $("gen-temperature").value.trim();
+  const temperature = raw === "" ? undefined : Number(raw);
+  if (temperature !== undefined && !Number.isFinite(temperature)) throw new ApiError("The temperature must be a number.");
+  const label = $("gen-label").value;
+  return {
+    label: label === "" ? null : Number(label),
+    temperature,
+    top_k: wholeNumber("gen-top-k", "Top-k") ?? null,
+    seed: wholeNumber("gen-seed", "The seed"),
+  };
+}
+
+const MAX_SAMPLES = 16;
+
+// draw `count` samples one request at a time (count 1, first_sample b, one seed): the same samples one request
+// for all of them would give, each shown as soon as it is drawn
+async function onGenerate(event) {
+  event.preventDefault();
+  const info = currentModel();
+  if (!info || !info.prior) return;
+  clearSamples();
+  $("gen-error").hidden = true;
+  const id = state.genRun;
+  const abort = new AbortController();
+  state.genAbort = abort;
+  try {
+    const params = samplingParams();
+    const count = wholeNumber("gen-count", "The number of samples") ?? 1;
+    if (count < 1 || count > MAX_SAMPLES) throw new ApiError(`Draw from 1 to ${MAX_SAMPLES} samples.`);
+    let seed = params.seed;
+    state.generated = { model: info.name, seed: null, shape: info.prior.grid, samples: [] };
+    for (let b = 0; b < count; b += 1) {
+      setGenerateState("busy", `Drawing sample ${b + 1} of ${count}…`);
+      const body = { ...params, seed, count: 1, first_sample: b };
+      const { data, ms } = await call(
+        `/generate?${modelQuery(info.name)}`,
+        {
+          method: "POST",
+          signal: abort.signal,
+          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify(body),
+        },
+        readJSON,
+      );
+      if (id !== state.genRun) return;
+      seed = data.seed; // the one the service chose when none was given: the rest of the samples use it too
+      state.generated.seed = seed;
+      state.generated.shape = data.shape;
+      state.generated.samples.push(data.samples[0]);
+      state.generated.ms = (state.generated.ms || 0) + ms;
+      addSample(b, data.samples[0], seed);
+    }
+    const label = params.label === null ? "" : ` of label ${params.label}`;
+    setGenerateState("ready", `Drew ${count} sample${count === 1 ? "" : "s"}${label} with seed ${seed}.`);
+  } catch (error) {
+    if (id === state.genRun && error.name !== "AbortError") showGenerateError(error);
+  }
+}
+
+function addSample(b, sample, seed) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.sampleIndex = String(b);
+  button.title = "Open this sample's codes in the code-map editor";
+  const img = document.createElement("img");
+  img.src = `data:image/png;base64,${sample.image}`;
+  img.alt = `Generated sample ${b + 1} (seed ${seed})`;
+  const caption = document.createElement("span");
+  caption.textContent = `#${b + 1}`;
+  button.append(img, caption);
+  $("gen-samples").append(button);
+  $("gen-samples").dataset.count = String(b + 1);
+}
+
+function base64Blob(text, type) {
+  const bytes = Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
+// a generated sample in the results card and the editor: its codes as drawn (not re-encoded), its picture as the
+// original and the reconstruction (it is the decode of those codes)
+async function openSample(event) {
+  const button = event.target.closest("button[data-sample-index]");
+  const generated = state.generated;
+  if (!button || !generated) return;
+  const b = Number(button.dataset.sampleIndex);
+  const sample = generated.samples[b];
+  const info = modelInfo(generated.model);
+  const blob = base64Blob(sample.image, "image/png");
+  state.image = { blob, name: `${generated.model}-seed-${generated.seed}-sample-${b + 1}.png` };
+  const id = ++state.runId;
+  clearError();
+  clearEditError();
+  if (state.decodeAbort) state.decodeAbort.abort();
+  try {
+    setStatus(`Opening sample ${b + 1}…`, true);
+    const palette = await codebookPalette(info.name);
+    const originalPixels = await modelPixels(blob, info.in_channels);
+    if (id !== state.runId) return;
+    const result = {
+      model: info.name,
+      indices: sample.indices,
+      shape: generated.shape,
+      imageSize: [originalPixels.height, originalPixels.width],
+      codebookSize: info.codebook_size,
+      factor: info.downsample_factor,
+      channels: info.in_channels,
+      psnr: Number.NaN,
+      generated: true,
+    };
+    showResult(result, { blob, reconstruction: blob, palette, originalPixels, times: { generate: generated.ms } });
+    await decodeEdited(id);
+  } catch (error) {
+    if (id === state.runId && error.name !== "AbortError") showError(error);
+  }
+}
+
+// /complete's mask: the painted cells, or else the selected one; null when there is neither
+function completionMask() {
+  const [h, w] = state.result.shape;
+  const painted = state.painted.includes(1);
+  if (!painted && !state.selected) return null;
+  const mask = [];
+  for (let r = 0; r < h; r += 1) {
+    const row = [];
+    for (let c = 0; c < w; c += 1) {
+      const selected = state.selected && state.selected[0] === r && state.selected[1] === c;
+      row.push(painted ? state.painted[r * w + c] : selected ? 1 : 0);
+    }
+    mask.push(row);
+  }
+  return mask;
+}
+
+function updateCompleteButton() {
+  const button = $("complete");
+  const info = state.result && modelInfo(state.result.model);
+  if (!info || !info.prior) {
+    button.disabled = true;
+    button.title = `${info ? info.name : "This model"} has no prior (GET /models/{name} reports "prior": null)`;
+    return;
+  }
+  const cells = state.painted.reduce((n, v) => n + v, 0) || (state.selected ? 1 : 0);
+  button.disabled = cells === 0 || state.completing === true;
+  button.title = cells
+    ? `Redraw ${cells} cell${cells === 1 ? "" : "s"} from the prior (POST /complete); every other cell is kept`
+    : "Paint a region (or select a cell) to redraw it from the prior";
+}
+
+// POST /complete: the painted cells are redrawn from the prior given the rest of the grid, which is kept exactly
+async function onComplete() {
+  if (!state.result) return;
+  const mask = completionMask();
+  if (!mask) return;
+  const id = state.runId;
+  const serial = state.editSerial;
+  const model = state.result.model;
+  clearEditError();
+  state.completing = true;
+  updateCompleteButton();
+  try {
+    const params = samplingParams();
+    const cells = mask.flat().reduce((n, v) => n + v, 0);
+    setStatus(`Redrawing ${cells} cell${cells === 1 ? "" : "s"} with the prior…`, true);
+    const { data, ms } = await call(
+      `/complete?${modelQuery(model)}`,
+      {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ ...params, indices: state.edited, mask }),
+      },
+      readJSON,
+    );
+    if (id !== state.runId) return;
+    if (serial !== state.editSerial) throw new ApiError("The grid changed while the prior completed it; try again.");
+    state.edited = data.samples[0].indices.map((row) => row.slice());
+    state.editSerial += 1;
+    state.times.complete = ms;
+    state.completion = { seed: data.seed, mask };
+    recount();
+    drawBaseMap();
+    afterEdit();
+  } catch (error) {
+    if (id !== state.runId) return;
+    showEditError(errorText(error), false); // the grid and its decode still hold
+    document.body.dataset.state = "error";
+    $("status").textContent = "";
+  } finally {
+    state.completing = false;
+    if (state.result) updateCompleteButton();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- downloads
 
 function downloadName(what) {
@@ -836,6 +1157,9 @@ function init() {
   map.addEventListener("keydown", onMapKey);
   $("edit-form").addEventListener("submit", onApply);
   $("reset").addEventListener("click", onReset);
+  $("complete").addEventListener("click", onComplete);
+  $("generate-form").addEventListener("submit", onGenerate);
+  $("gen-samples").addEventListener("click", openSample);
   $("random-code").addEventListener("click", onRandomCode);
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();

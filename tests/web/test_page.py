@@ -7,6 +7,7 @@ type a code, paint) and read the outcome from the page: its canvases' pixels, it
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -328,16 +329,19 @@ def assert_not_blank(path: Path) -> None:
 
 
 def test_the_readme_screenshot_script_runs_on_the_shipped_models(browser: Any, tmp_path: Path) -> None:
-    """`python -m docs.screenshot` (which remakes the README's picture) still drives the page to the end."""
-    from docs.screenshot import capture, serve_args
+    """`python -m docs.screenshot` (which remakes the README's pictures) still drives the page to the end."""
+    from docs.screenshot import capture, capture_generate, serve_args
 
     shot = tmp_path / "web-page.png"
+    generate_shot = tmp_path / "web-page-generate.png"
     with serving(serve_args(), tmp_path / "server.log") as server:
         capture(browser, server.url, shot, code=1234)
-    assert_not_blank(shot)
-    with Image.open(shot) as image:
-        size = image.size
-    assert min(size) > 600, f"{size}: not the whole results card"
+        capture_generate(browser, server.url, generate_shot, label=3, seed=0)
+    for picture in (shot, generate_shot):
+        assert_not_blank(picture)
+        with Image.open(picture) as image:
+            size = image.size
+        assert min(size) > 600, f"{picture.name} {size}: not the whole results card"
 
 
 # ------------------------------------------------------------------------------------------------- issue 19
@@ -531,3 +535,187 @@ def test_downloads_are_the_reconstruction_and_the_edited_codes(page: Any, server
     assert picture.name == "gradient-default-codes-edited-decoded.png"
     assert np.array_equal(png_pixels(picture.read_bytes()), png_pixels(decoded.content))
     assert np.abs(canvas_rgb(page, "edited") - png_pixels(decoded.content)).max() <= 2
+
+
+# ------------------------------------------------------------------------------------------------- issue 17
+
+GENERATED = "() => ['ready', 'error'].includes(document.getElementById('generate').dataset.state)"
+
+
+def generate_on_page(
+    page: Any, *, count: int, seed: str, label: str = "", temperature: str = "1", top_k: str = ""
+) -> None:
+    """Fill the Generate panel of the selected model, click Generate and wait until the last sample (or an
+    error) is in."""
+    page.select_option("#gen-label", label)
+    page.fill("#gen-temperature", temperature)
+    page.fill("#gen-top-k", top_k)
+    page.fill("#gen-seed", seed)
+    page.fill("#gen-count", str(count))
+    page.evaluate("() => { document.getElementById('generate').dataset.state = 'idle'; }")
+    page.click("#generate-button")
+    page.wait_for_function(GENERATED)
+
+
+# at each sample added to the grid: how many /generate replies the page had by then (resource timing)
+WATCH_SAMPLES = """() => {
+  window.replies = [];
+  const count = () => performance.getEntriesByType("resource").filter((e) => e.name.includes("/generate")).length;
+  new MutationObserver((changes) => {
+    for (const change of changes) for (const _ of change.addedNodes) window.replies.push(count());
+  }).observe(document.getElementById("gen-samples"), { childList: true });
+}"""
+
+
+def b64_pixels(text: str) -> np.ndarray:
+    return png_pixels(base64.b64decode(text))
+
+
+def test_generate_panel_is_shown_for_a_prior_and_draws_what_the_api_draws(page: Any, server: str) -> None:
+    assert page.locator("#model").input_value() == "default"
+    assert page.locator("#generate").is_hidden(), "a model without a prior shows the Generate panel"
+    page.select_option("#model", "digits")
+    assert page.locator("#generate").is_visible()
+    labels = page.eval_on_selector_all("#gen-label option", "options => options.map(o => [o.value, o.text])")
+    assert labels == [["", "any"]] + [[str(k), str(k)] for k in range(10)]
+
+    requests: list[dict[str, Any]] = []
+    page.on("request", lambda r: "/generate" in r.url and requests.append(json.loads(r.post_data or "{}")))
+    page.evaluate(WATCH_SAMPLES)
+    generate_on_page(page, count=5, seed="1234", label="3", temperature="0.8", top_k="20")
+    # each sample was shown as its reply came in, not all of them at the end: the replies counted at each addition
+    # rise by one (whether a reply's timing entry lands just before or just after its sample shows)
+    replies = page.evaluate("() => window.replies")
+    assert len(replies) == 5, replies
+    assert all(b - a == 1 for a, b in zip(replies, replies[1:], strict=False)), replies
+    assert page.locator("#generate").get_attribute("data-state") == "ready"
+    assert page.locator("#gen-samples img").count() == 5
+    assert page.locator("#gen-samples").get_attribute("data-count") == "5"
+    assert "Drew 5 samples of label 3 with seed 1234" in page.locator("#gen-status").inner_text()
+    # one request per sample, so each one shows as it is drawn; the seed's sequence split by first_sample
+    assert [(r["count"], r["first_sample"], r["seed"]) for r in requests] == [(1, b, 1234) for b in range(5)]
+
+    shown = page.evaluate("() => state.generated")
+    direct = httpx.post(
+        f"{server}/generate?model=digits",
+        json={"count": 5, "label": 3, "temperature": 0.8, "top_k": 20, "seed": 1234},
+        headers={"accept": "application/json"},
+        timeout=60,
+    )
+    assert direct.status_code == 200, direct.text
+    expected = direct.json()
+    assert shown["seed"] == expected["seed"] == 1234
+    assert [s["indices"] for s in shown["samples"]] == [s["indices"] for s in expected["samples"]]
+    assert len({json.dumps(s["indices"]) for s in shown["samples"]}) == 5, "the samples are all alike"
+    # and the pictures the page shows are the decodes the API returns
+    for b, sample in enumerate(expected["samples"]):
+        src = page.locator("#gen-samples img").nth(b).get_attribute("src")
+        assert np.array_equal(b64_pixels(src.removeprefix("data:image/png;base64,")), b64_pixels(sample["image"]))
+
+    # no seed given: the service picks one, and every sample of the run uses it
+    requests.clear()
+    generate_on_page(page, count=2, seed="")
+    assert page.locator("#gen-samples img").count() == 2
+    seed = page.evaluate("() => state.generated.seed")
+    assert "seed" not in requests[0]
+    assert requests[1]["seed"] == seed
+
+    # another model without a prior: the panel and its samples go
+    page.select_option("#model", "default")
+    assert page.locator("#generate").is_hidden()
+    assert page.locator("#gen-samples img").count() == 0
+    assert page.evaluate("() => state.generated") is None
+
+
+def painted_mask(page: Any) -> list[list[int]]:
+    h, w = page.evaluate("() => state.result.shape")
+    flat = page.evaluate("() => Array.from(state.painted)")
+    return [flat[r * w : (r + 1) * w] for r in range(h)]
+
+
+def test_a_sample_opens_in_the_editor_and_complete_redraws_only_the_painted_cells(page: Any, server: str) -> None:
+    page.select_option("#model", "digits")
+    generate_on_page(page, count=2, seed="7", label="4")
+    sample = page.evaluate("() => state.generated.samples[1]")
+    page.locator("#gen-samples button").nth(1).click()
+    wait_decodes(page, 1)
+    assert page.evaluate("() => state.result.indices") == sample["indices"]
+    assert page.locator("#reconstruction-source").inner_text() == "(/generate)"
+    assert "generated sample" in page.locator("#stat-psnr").inner_text()
+    # the untouched grid's /decode is the sample's own picture
+    assert np.abs(canvas_rgb(page, "edited") - b64_pixels(sample["image"])).max() <= 2
+
+    # paint a 3x3 region, then let the prior redraw it with the panel's label and seed
+    page.check("input[name=tool][value=paint]")
+    page.select_option("#brush", "3")
+    page.fill("#code", "0")
+    click_cell(page, 3, 3)
+    wait_decodes(page, 2)
+    mask = painted_mask(page)
+    assert sum(map(sum, mask)) == 9
+    assert all(mask[r][c] == (2 <= r <= 4 and 2 <= c <= 4) for r in range(7) for c in range(7))
+    before = page.evaluate("() => state.edited")
+    page.select_option("#gen-label", "6")
+    page.fill("#gen-temperature", "0.9")
+    page.fill("#gen-top-k", "")
+    page.fill("#gen-seed", "99")
+    assert page.is_enabled("#complete")
+    assert "Redraw 9 cells" in (page.locator("#complete").get_attribute("title") or "")
+    page.click("#complete")
+    wait_decodes(page, 3)
+    after = np.array(page.evaluate("() => state.edited"))
+
+    direct = httpx.post(
+        f"{server}/complete?model=digits",
+        json={"indices": before, "mask": mask, "label": 6, "temperature": 0.9, "seed": 99},
+        headers={"accept": "application/json"},
+        timeout=60,
+    )
+    assert direct.status_code == 200, direct.text
+    assert np.array_equal(after, np.array(direct.json()["samples"][0]["indices"]))
+    keep = np.array(mask) == 0
+    assert np.array_equal(after[keep], np.array(before)[keep]), "an unpainted cell changed"
+    assert (after[~keep] != 0).any(), "the prior left the painted region as painted"
+    assert "complete" in page.locator("#stat-time").inner_text()
+    assert "Last completion: seed 99." in page.locator("#edit-info").inner_text()
+    # the decode shown is of the completed grid
+    decoded = httpx.post(
+        f"{server}/decode?model=digits", json={"indices": after.tolist()}, headers={"accept": "image/png"}, timeout=30
+    )
+    assert np.abs(canvas_rgb(page, "edited") - png_pixels(decoded.content)).max() <= 2
+
+    # a model without a prior: the action is there but off, and says why
+    page.select_option("#model", "default")
+    upload_gradient(page)
+    assert page.is_disabled("#complete")
+    assert "no prior" in (page.locator("#complete").get_attribute("title") or "")
+
+
+def test_a_failed_generate_or_complete_shows_the_error_and_no_stale_samples(page: Any) -> None:
+    page.select_option("#model", "digits")
+    generate_on_page(page, count=2, seed="1")
+    assert page.locator("#gen-samples img").count() == 2
+    generate_on_page(page, count=3, seed="1", temperature="1000")  # the service allows 0.001 .. 100: 422
+    assert page.locator("#generate").get_attribute("data-state") == "error"
+    message = page.locator("#gen-error").inner_text()
+    assert "HTTP 422" in message, message
+    assert "temperature" in message, message
+    assert page.locator("#gen-samples img").count() == 0, "samples of the earlier draw stay under the error"
+    assert page.evaluate("() => state.generated") is None
+    # the next good draw clears the message
+    generate_on_page(page, count=1, seed="2")
+    assert page.locator("#gen-error").is_hidden()
+    assert page.locator("#gen-samples img").count() == 1
+
+    # a failed completion: said next to the editor; the grid and its decode stay as they were
+    page.click("button[data-sample='samples/digit-7.png']")
+    wait_decodes(page, 1)
+    click_cell(page, 2, 2)
+    grid = page.evaluate("() => state.edited")
+    page.fill("#gen-temperature", "1000")
+    page.click("#complete")
+    page.wait_for_function("() => document.body.dataset.state === 'error'")
+    assert "HTTP 422" in page.locator("#edit-error").inner_text()
+    assert page.evaluate("() => state.edited") == grid
+    assert page.locator("#results").is_visible()
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p[1]]
