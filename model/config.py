@@ -142,13 +142,7 @@ class VQModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> VQModelConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json dict diffusers writes (lists, not tuples), with `_class_name`."""
@@ -159,3 +153,14 @@ class VQModelConfig:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object, or `ConfigError` naming the file (the VQ model's and the prior's configs)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data

@@ -7,12 +7,11 @@ error naming the key: a typo in a hand-edited config must not silently give a di
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import ConfigError
+from model.config import ConfigError, read_json_object
 
 CLASS_NAME = "PixelCNNPrior"
 _BOOKKEEPING_KEYS = frozenset({"_class_name", "_diffusers_version", "_vqserve_format"})
@@ -87,13 +86,7 @@ class PriorConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> PriorConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json dict, with `_class_name`; lists, not tuples."""
