@@ -38,7 +38,7 @@ def test_the_documents_state_the_same_values() -> None:
     row = _row(readme, "VQSERVE_MAX_BATCH_SIZE")
     assert "`auto`" in row
     assert f"{CPU_MAX_BATCH_SIZE} on CPU" in row
-    assert f"{GPU_MAX_BATCH_SIZE} on a GPU" in row
+    assert f"{GPU_MAX_BATCH_SIZE} on GPU" in row
     deploy_row = _row((DEPLOY / "README.md").read_text(), "VQSERVE_MAX_BATCH_SIZE")
     assert f"{CPU_MAX_BATCH_SIZE} on CPU" in deploy_row
     assert f"{GPU_MAX_BATCH_SIZE} on GPU" in deploy_row
