@@ -70,5 +70,7 @@ def test_max_batch_size_auto_depends_on_the_device(tiny_checkpoint: Path) -> Non
     assert Settings(max_batch_size="auto").batch_size_on("cuda") == GPU_MAX_BATCH_SIZE
     assert Settings(max_batch_size="7").batch_size_on("cuda") == 7  # an explicit value wins on any device
     assert Services(Settings(model_path=tiny_checkpoint, max_batch_size=3)).batcher.policy.max_batch_size == 3
-    with pytest.raises(ValueError, match="auto or a whole number"):
+    with pytest.raises(ValueError, match=r"must be >= 1 \(got 0\)"):
         Settings(max_batch_size=0)
+    with pytest.raises(ValueError, match="auto or a whole number"):
+        Settings(max_batch_size="many")
