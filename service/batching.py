@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from . import metrics
-from .errors import ServiceError
+from .errors import BatchAbandoned, ServiceError
 from .ops import Op, OpParams, Payload, check_params
 
 logger = logging.getLogger("vqserve.batching")
@@ -54,7 +54,9 @@ class BatchEngine(Protocol):
 
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost: ...
 
-    async def compute(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]: ...
+    async def compute(
+        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None = None
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -340,9 +342,15 @@ class ModelWorker:
             item.batch = record
         started = time.perf_counter()
         try:
-            results = await self.engine.compute(op, [item.payload for item in live], live[0].params)
+            results = await self.engine.compute(
+                op, [item.payload for item in live], live[0].params, abandoned=lambda: all(i.dropped for i in live)
+            )
             if len(results) != len(live):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(live)} items")
+        except BatchAbandoned:  # every request of the batch ended while it computed: the engine is free again
+            logger.info("batch of %d %s items on model %s stopped: none of its requests waits", len(live), op, name)
+            for item in live:
+                item.fail(ServiceError("deadline_exceeded", "request ended while its batch computed"))
         except Exception as exc:
             logger.exception("batch of %d %s items on model %s failed", len(live), op, name)
             for item in live:

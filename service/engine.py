@@ -29,6 +29,7 @@ from model.tiling import NormStats, activation_bytes_per_pixel, decode_tile, enc
 
 from . import metrics
 from .batching import Cost
+from .cancellation import stop_when
 from .errors import ModelLoadError
 from .facts import ModelFacts
 from .memory import release_free_memory
@@ -315,10 +316,19 @@ class Engine:
         return Cost(pixels, 0 if op == Op.QUANTIZE else pixels * self.bytes_per_pixel)
 
     # compute
-    async def compute(self, op: Op, payloads: list[Payload], params: OpParams) -> list[Any]:
-        """Run one batch on the engine thread; results align with `payloads`."""
+    async def compute(
+        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None = None
+    ) -> list[Any]:
+        """Run one batch on the engine thread; results align with `payloads`. Once `abandoned()` is true the batch
+        stops at the next module boundary with `BatchAbandoned` (`service/cancellation.py`)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_splitting, op, payloads, params)
+        return await loop.run_in_executor(self._executor, self._run_abandonable, op, payloads, params, abandoned)
+
+    def _run_abandonable(
+        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None
+    ) -> list[Any]:
+        with stop_when(abandoned):
+            return self._run_splitting(op, payloads, params)
 
     def run(self, op: Op, payloads: Sequence[Payload], params: OpParams | None = None) -> list[Any]:
         """`compute` for in-process callers without an event loop (blocking)."""

@@ -109,3 +109,7 @@ def one_line(exc: BaseException) -> str:
     """The message of `exc` on one line, whitespace collapsed, bounded: how startup failures are reported."""
     text = " ".join(str(exc).split())
     return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
+
+
+class BatchAbandoned(Exception):  # noqa: N818 - a signal, not a failure: every owner of the batch has left
+    """Raised inside a batch's forward pass once every item of it has been dropped (`service/cancellation.py`)."""

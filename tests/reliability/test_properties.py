@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,9 @@ class RecordingEngine:
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         return Cost(shape[-1] * shape[-2], 0)
 
-    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
+    async def compute(
+        self, op: Op, payloads: list[torch.Tensor], params: OpParams, abandoned: Callable[[], bool] | None = None
+    ) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append((op, tuple(payloads[0].shape), ids))
         await self.gate.wait()

@@ -34,7 +34,9 @@ class FakeEngine:
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         return Cost(shape[-1] * shape[-2], 0)
 
-    async def compute(self, op: Op, payloads: list[torch.Tensor], params: OpParams) -> list[Any]:
+    async def compute(
+        self, op: Op, payloads: list[torch.Tensor], params: OpParams, abandoned: Callable[[], bool] | None = None
+    ) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append(ids)
         self.params.append(params)
