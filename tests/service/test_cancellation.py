@@ -41,7 +41,8 @@ def test_a_batch_still_awaited_computes_exactly_as_without_the_check() -> None:
             checked = model(x)
         with stop_when(None):
             unchecked = model(x)
-    assert torch.equal(plain, checked) and torch.equal(plain, unchecked)
+    assert torch.equal(plain, checked)
+    assert torch.equal(plain, unchecked)
 
 
 def test_the_check_belongs_to_the_thread_that_set_it() -> None:
