@@ -14,6 +14,7 @@ pixels is a latent tile of `tile / f` cells. An input no larger than one tile ne
 from __future__ import annotations
 
 import math
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,17 +79,37 @@ class NormStats:
         return NormStats(tuple(m.to(device) for m in self.means), tuple(v.to(device) for v in self.variances))
 
 
+_replaced = threading.local()  # .forward: what this thread's GroupNorms in .modules run instead, while inside
+_install_lock = threading.Lock()
+
+
+def _dispatch(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """A GroupNorm's forward: the replacement its thread asked for, else the class's own (bit for bit)."""
+    forward = getattr(_replaced, "forward", None)
+    if forward is not None and norm in _replaced.modules:
+        return forward(norm, x)
+    return nn.GroupNorm.forward(norm, x)
+
+
 @contextmanager
 def _norms_replaced(module: nn.Module, forward: Callable[[nn.GroupNorm, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Every GroupNorm in `module` runs `forward` instead of its own while inside (on this module only)."""
+    """Every GroupNorm in `module` runs `forward` instead of its own while inside, on this thread only.
+
+    Thread-local, because the service lets another request's batch run on the same model while a tile is paused
+    at a module boundary (service/preemption.py): that batch must see the model's own norms. The dispatching
+    forward is installed once per norm and stays (it calls the class's forward when nothing is replaced)."""
     norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
-    for norm in norms:
-        norm.forward = types.MethodType(forward, norm)  # type: ignore[method-assign]
+    with _install_lock:
+        for norm in norms:
+            if "forward" not in vars(norm):
+                norm.forward = types.MethodType(_dispatch, norm)  # type: ignore[method-assign]
+    outer_forward = getattr(_replaced, "forward", None)
+    outer_modules: frozenset[nn.Module] = getattr(_replaced, "modules", frozenset())
+    _replaced.forward, _replaced.modules = forward, frozenset(norms)
     try:
         yield
     finally:
-        for norm in norms:
-            del norm.forward  # back to the class's method
+        _replaced.forward, _replaced.modules = outer_forward, outer_modules
 
 
 def record_norm_stats(module: nn.Module, run: Callable[[], T]) -> tuple[T, NormStats]:

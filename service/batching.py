@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import metrics
 from .errors import BatchAbandoned, ServiceError
-from .ops import Op, OpParams, Payload, check_params
+from .ops import PREEMPTIBLE_OPS, Op, OpParams, Payload, check_params
 
 logger = logging.getLogger("vqserve.batching")
 
@@ -55,7 +55,13 @@ class BatchEngine(Protocol):
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost: ...
 
     async def compute(
-        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None = None
+        self,
+        op: Op,
+        payloads: list[Payload],
+        params: OpParams,
+        abandoned: Callable[[], bool] | None = None,
+        *,
+        urgent: bool = False,
     ) -> list[Any]: ...
 
 
@@ -245,6 +251,7 @@ class ModelWorker:
         self.wakeup = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.computing = 0  # batches at the engine: one, or a preemptible one and the urgent one it lets in
         self.decoding = 0  # admitted requests still decoding their inputs (or between steps): a batch may wait for them
         self.returned_at = 0.0  # when stepping requests last got their results (a batch may wait for them from then)
         self.task: asyncio.Task[None] | None = None
@@ -258,7 +265,34 @@ class ModelWorker:
     async def run(self) -> None:
         while True:
             batch = await self._next_batch()
-            await self._compute(batch)
+            if batch[0].op in PREEMPTIBLE_OPS:
+                await self._compute_letting_others_in(batch)
+            else:
+                await self._compute(batch)
+
+    async def _compute_letting_others_in(self, batch: list[Item]) -> None:
+        """Compute a preemptible batch (a tile) and, while it runs, hand the engine one urgent batch of the other
+        ops at a time, within the memory budget the tile leaves: the tile pauses at a module boundary for it
+        (service/preemption.py), so a small request waits for a module, not for a whole tile."""
+        room = self.batcher.policy.max_batch_bytes - sum(item.cost.bytes for item in batch)
+        long = asyncio.ensure_future(self._compute(batch))
+        short: asyncio.Future[list[Item]] | None = None
+        try:
+            while not long.done():
+                short = asyncio.ensure_future(self._next_batch(room=room))
+                await asyncio.wait({long, short}, return_when=asyncio.FIRST_COMPLETED)
+                if short.done():
+                    await self._compute(short.result(), urgent=True)
+                else:
+                    # not awaited: a cancel of this worker must not be swallowed with it; it has popped nothing
+                    # (a batch is taken from the queues in one step, after its last await)
+                    short.cancel()
+                short = None
+        except BaseException:  # the worker is stopped: nothing more is handed to the engine
+            long.cancel()
+            if short is not None:
+                short.cancel()
+            raise
 
     # batch policy
     def _purge(self) -> None:
@@ -284,15 +318,14 @@ class ModelWorker:
         item.started = now
         item.ticket.item_started()
 
-    def _candidate(self) -> tuple[Hashable, int]:
-        """The queue whose head waited longest, and how many of its items fit one batch."""
-        key = min(self.queues, key=lambda k: self.queues[k][0].enqueued)
+    def _candidate(self, keys: list[Hashable], room: int) -> tuple[Hashable, int]:
+        """Of `keys`, the queue whose head waited longest, and how many of its items fit one batch (at most `room`
+        bytes of activations)."""
+        key = min(keys, key=lambda k: self.queues[k][0].enqueued)
         policy = self.batcher.policy
         count, pixels, size = 0, 0, 0
         for item in self.queues[key]:
-            over = (
-                pixels + item.cost.pixels > policy.max_batch_pixels or size + item.cost.bytes > policy.max_batch_bytes
-            )
+            over = pixels + item.cost.pixels > policy.max_batch_pixels or size + item.cost.bytes > room
             if count >= policy.max_batch_size or (count and over):
                 break
             count += 1
@@ -300,15 +333,28 @@ class ModelWorker:
             size += item.cost.bytes
         return key, count
 
-    async def _next_batch(self) -> list[Item]:
+    def _eligible(self, room: int | None) -> list[Hashable]:
+        """Queues a batch may come from now: all of them, or (`room` given: a preemptible batch computes) those of
+        the other ops whose head fits the memory it leaves."""
+        if room is None:
+            return list(self.queues)
+        return [
+            key
+            for key, queue in self.queues.items()
+            if queue[0].op not in PREEMPTIBLE_OPS and queue[0].cost.bytes <= room
+        ]
+
+    async def _next_batch(self, room: int | None = None) -> list[Item]:
+        """The next batch by the policy; with `room`, an urgent one that may run beside a preemptible batch."""
         policy = self.batcher.policy
         while True:
             self._purge()
-            if not self.queues:
+            keys = self._eligible(room)
+            if not keys:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
-            key, count = self._candidate()
+            key, count = self._candidate(keys, policy.max_batch_bytes if room is None else room)
             queue = self.queues[key]
             waited = time.monotonic() - max(queue[0].ticket.arrival, self.returned_at)
             full = count == policy.max_batch_size or count < len(queue)
@@ -323,7 +369,7 @@ class ModelWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=policy.max_wait_s - waited)
 
-    async def _compute(self, batch: list[Item]) -> None:
+    async def _compute(self, batch: list[Item], urgent: bool = False) -> None:
         name, op = self.engine.name, batch[0].op
         now = time.monotonic()
         for item in batch:
@@ -335,6 +381,7 @@ class ModelWorker:
                 item.fail(ServiceError("deadline_exceeded", "request dropped before compute"))
         if not live:
             return
+        self.computing += 1
         self.idle.clear()
         record = BatchRecord(len(live))
         metrics.BATCH_SIZE.labels(name, op).observe(record.size)
@@ -343,7 +390,11 @@ class ModelWorker:
         started = time.perf_counter()
         try:
             results = await self.engine.compute(
-                op, [item.payload for item in live], live[0].params, abandoned=lambda: all(i.dropped for i in live)
+                op,
+                [item.payload for item in live],
+                live[0].params,
+                abandoned=lambda: all(i.dropped for i in live),
+                urgent=urgent,
             )
             if len(results) != len(live):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(live)} items")
@@ -366,7 +417,9 @@ class ModelWorker:
         finally:
             record.compute_s = time.perf_counter() - started
             metrics.COMPUTE_DURATION.labels(name, op).observe(record.compute_s)
-            self.idle.set()
+            self.computing -= 1
+            if not self.computing:
+                self.idle.set()
 
 
 class Batcher:

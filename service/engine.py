@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from .facts import ModelFacts
 from .memory import release_free_memory
 from .model_source import ModelSourceError, resolve
 from .ops import (
+    PREEMPTIBLE_OPS,
     Encoded,
     FloatDecode,
     LatentDecode,
@@ -47,6 +48,7 @@ from .ops import (
     check_params,
     output_pixels,
 )
+from .preemption import Baton
 from .settings import ModelSpec, Settings, default_model_path, setting_names
 from .transfer import Transfers
 
@@ -168,6 +170,10 @@ class Engine:
         self._settings = settings
         self._torch_threads = torch_threads or settings.torch_threads  # 0: leave torch's own default
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
+        # the thread of urgent batches, let in while a preemptible one pauses; the baton keeps them from computing
+        # at the same time (service/preemption.py)
+        self._urgent_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}-urgent")
+        self._baton = Baton()
         self.model: VQModel | None = None
         self.prior: PixelCNNPrior | None = None  # the learned prior over the codes, when the checkpoint has one
         self.facts: ModelFacts | None = None  # set once loaded
@@ -305,6 +311,7 @@ class Engine:
         return max(int(measured), self.bytes_per_pixel // 2)
 
     def close(self) -> None:
+        self._urgent_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # what a batch costs the batch policy
@@ -317,23 +324,37 @@ class Engine:
 
     # compute
     async def compute(
-        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None = None
+        self,
+        op: Op,
+        payloads: list[Payload],
+        params: OpParams,
+        abandoned: Callable[[], bool] | None = None,
+        *,
+        urgent: bool = False,
     ) -> list[Any]:
         """Run one batch on the engine thread; results align with `payloads`. Once `abandoned()` is true the batch
-        stops at the next module boundary with `BatchAbandoned` (`service/cancellation.py`)."""
+        stops at the next module boundary with `BatchAbandoned` (`service/cancellation.py`). `urgent`: a batch
+        the batcher hands over while a preemptible one (`PREEMPTIBLE_OPS`) computes; it runs on the second thread
+        as soon as that one pauses at a module boundary (`service/preemption.py`)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_abandonable, op, payloads, params, abandoned)
+        executor = self._urgent_executor if urgent else self._executor
+        return await loop.run_in_executor(executor, self._run_held, op, payloads, params, abandoned, urgent)
 
-    def _run_abandonable(
-        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None
+    def _run_held(
+        self, op: Op, payloads: list[Payload], params: OpParams, abandoned: Callable[[], bool] | None, urgent: bool
     ) -> list[Any]:
-        with stop_when(abandoned):
+        pause = partial(self._pause, op) if op in PREEMPTIBLE_OPS else None
+        with self._baton.hold(urgent=urgent), stop_when(abandoned, pause):
             return self._run_splitting(op, payloads, params)
+
+    def _pause(self, op: Op) -> None:
+        if self._baton.let_urgent_in():
+            metrics.BATCH_PAUSES.labels(self.name, op).inc()
 
     def run(self, op: Op, payloads: Sequence[Payload], params: OpParams | None = None) -> list[Any]:
         """`compute` for in-process callers without an event loop (blocking)."""
         checked = check_params(op, params)
-        return self._executor.submit(self._run_splitting, op, list(payloads), checked).result()
+        return self._executor.submit(self._run_held, op, list(payloads), checked, None, False).result()
 
     def _loaded(self) -> VQModel:
         if self.model is None:

@@ -31,6 +31,11 @@ QUEUE_DEPTH = Gauge("vqserve_queue_depth", "Items admitted and waiting for compu
 INFLIGHT = Gauge("vqserve_inflight_requests", "Inference requests being handled")
 REQUEST_FAILURES = Counter("vqserve_request_failures", "Requests that failed, by reason", ["reason"])
 TILES = Counter("vqserve_tiles", "Tiles computed for inputs larger than VQSERVE_TILE_SIZE", ["model", "op"])
+BATCH_PAUSES = Counter(
+    "vqserve_batch_pauses",
+    "Times a tile batch paused at a module boundary to let another request's batch compute",
+    ["model", "op"],
+)
 SAMPLED_CODES = Counter(
     "vqserve_sampled_codes", "Codes drawn from a learned prior (one per sample per step)", ["model"]
 )
@@ -47,7 +52,7 @@ MODEL_INFO = Gauge(
 )
 
 
-PER_MODEL_OP = (QUEUE_DEPTH, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, TILES)
+PER_MODEL_OP = (QUEUE_DEPTH, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, TILES, BATCH_PAUSES)
 
 
 def create_series(model: str, ops: Iterable[str]) -> None:

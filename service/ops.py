@@ -76,6 +76,9 @@ PARAMS: dict[Op, type[OpParams]] = {
     Op.PRIOR_STEP: NoParams,  # what differs between samples (cell, label, temperature, generator) rides in PriorStep
     Op.PRIOR_NLL: PriorNLL,
 }
+# the tiled ops of a large input (service/tiles.py): such a batch pauses at a module boundary to let one batch of the
+# other ops in (service/preemption.py), so a small request never waits for a whole tile
+PREEMPTIBLE_OPS = frozenset({Op.ENCODE_STATS, Op.ENCODE_TILE, Op.QUANTIZE, Op.DECODE_STATS, Op.DECODE_TILE})
 # ops whose input is an image at full resolution (the others take a latent grid, 1/f of the output's sides)
 IMAGE_INPUT_OPS = frozenset({Op.ENCODE, Op.RECONSTRUCT, Op.ENCODE_STATS, Op.ENCODE_TILE})
 

@@ -5,7 +5,7 @@ allocator reuses those blocks), copied with `non_blocking=True` on a stream of i
 waits for that copy by an event instead of the host waiting: the host thread is free to stack the next tensors
 (and the outputs' copy back) while the GPU copies. Results come back into pinned memory, non-blocking, with one
 synchronisation per batch. On the CPU (and MPS) these are plain stacks and no-op moves, so the CPU path is
-unchanged. Everything here runs on the engine's one thread.
+unchanged. Everything here runs on an engine thread (one of an engine's two computes at a time).
 """
 
 from __future__ import annotations

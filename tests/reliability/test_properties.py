@@ -154,7 +154,13 @@ class RecordingEngine:
         return Cost(shape[-1] * shape[-2], 0)
 
     async def compute(
-        self, op: Op, payloads: list[torch.Tensor], params: OpParams, abandoned: Callable[[], bool] | None = None
+        self,
+        op: Op,
+        payloads: list[torch.Tensor],
+        params: OpParams,
+        abandoned: Callable[[], bool] | None = None,
+        *,
+        urgent: bool = False,
     ) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append((op, tuple(payloads[0].shape), ids))

@@ -26,22 +26,33 @@ class FakeEngine:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.params: list[OpParams] = []
+        self.urgent: list[bool] = []  # per batch: handed over while a preemptible batch computed
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.poison: int | None = None
         self.delay = 0.0  # seconds each batch takes, yielding to the loop as an engine thread would
+        self.gated_ops: frozenset[Op] | None = None  # only batches of these ops wait at the gate (None: all)
+        self.bytes_per_pixel = 0
 
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
-        return Cost(shape[-1] * shape[-2], 0)
+        pixels = shape[-1] * shape[-2]
+        return Cost(pixels, pixels * self.bytes_per_pixel)
 
     async def compute(
-        self, op: Op, payloads: list[torch.Tensor], params: OpParams, abandoned: Callable[[], bool] | None = None
+        self,
+        op: Op,
+        payloads: list[torch.Tensor],
+        params: OpParams,
+        abandoned: Callable[[], bool] | None = None,
+        *,
+        urgent: bool = False,
     ) -> list[Any]:
         ids = [int(p.flatten()[0]) for p in payloads]
         self.batches.append(ids)
         self.params.append(params)
+        self.urgent.append(urgent)
         self.started.set()
-        if self.gate is not None:
+        if self.gate is not None and (self.gated_ops is None or op in self.gated_ops):
             await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
