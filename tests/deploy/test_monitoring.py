@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.deploy.conftest import DEPLOY, K8S, load_json, load_yaml
 from tests.deploy.promql import (
     CONTRACT_METRICS,
@@ -53,8 +51,9 @@ def test_every_query_parses_roughly_and_names_known_metrics() -> None:
 
 
 def test_used_names_are_registered_by_the_service() -> None:
-    metrics = pytest.importorskip("service.metrics", reason="service.metrics (issue 3) not importable")
     from prometheus_client.metrics import MetricWrapperBase
+
+    from service import metrics
 
     registered = {
         family.name: family.type
@@ -65,6 +64,21 @@ def test_used_names_are_registered_by_the_service() -> None:
     missing = {name for name in all_used_names() if name not in DCGM_METRICS} - series_names(registered)
     assert not missing, f"queried but not registered by service/metrics.py: {missing}"
     assert registered.get("vqserve_queue_depth") == "gauge", "the HPA scales on this gauge"
+
+
+def test_every_registered_metric_has_a_row_in_the_readme() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service import metrics
+
+    exposed = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+        for family in value.describe()
+    }
+    rows = set(re.findall(r"^\| `(vqserve_[a-z_]+)` \|", (ROOT / "README.md").read_text(), flags=re.MULTILINE))
+    assert exposed - rows == set(), "metrics without a row in README.md's metrics table"
 
 
 def test_prometheus_config_scrapes_vqserve_and_loads_the_alerts() -> None:
