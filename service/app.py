@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import metrics
 from .error_handlers import install_handlers
+from .memory import can_release_free_memory, release_free_memory
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
 from .ops import Op
 from .routes import generation, health, inference, models, oip, remote, web
@@ -32,15 +32,6 @@ logger = logging.getLogger("vqserve")
 
 DOCS_ASSETS_URL = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles, from the fastapi-offline package
 IDLE_BEFORE_TRIM_S = 0.5  # no inference request ended and nothing queued or computing for this long: trim
-
-
-def libc_malloc_trim() -> Callable[[], object] | None:
-    """glibc's `malloc_trim(0)`, or None where the C library has none (musl, macOS)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library the process already runs on
-    if trim is None:
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
 
 
 async def release_memory_when_idle(services: Services, work_ended: asyncio.Event, trim: Callable[[], object]) -> None:
@@ -85,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
     work_ended = asyncio.Event()  # set as each inference request ends
-    trim = libc_malloc_trim()
+    trim = release_free_memory if can_release_free_memory() else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

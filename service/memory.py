@@ -35,15 +35,24 @@ def default_budget_bytes() -> int:
 
 @functools.cache
 def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """glibc's `malloc_trim`, from the C library the process already runs on, or None (musl, macOS)."""
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def can_release_free_memory() -> bool:
+    """Whether `release_free_memory` does anything here (glibc)."""
+    return _malloc_trim() is not None
 
 
 def release_free_memory() -> None:
-    """Return freed heap memory to the system (glibc); a no-op elsewhere."""
+    """Return freed heap memory to the system (glibc's `malloc_trim(0)`); a no-op elsewhere."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         description="torch intra-op threads (`0`: the CPUs the process may use: cgroup quota, affinity)",
     )
     # batching
-    max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+    max_batch_size: Literal["auto"] | int = Field(  # bounds: `_batch_size`, which gives the one-line message
         default="auto",
         description="images per batch (`auto`: 4 on CPU, where larger batches cost more per image, 16 on GPU)",
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.constants import WEIGHTS
 from tests.support.readme import Example, examples, for_server, prepare_workdir, run_example
 from tests.support.servers import Server, serving
 
@@ -31,8 +32,7 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shipped models as README's examples ask for them (`VQSERVE_MODELS=default=...,digits=... make serve`),
     on a free port, CPU, no warm-up."""
     log = tmp_path_factory.mktemp("readme-server") / "server.log"
-    weights = Path(__file__).resolve().parents[2] / "model" / "weights"
-    models = f"default={weights / 'default'},digits={weights / 'digits'}"
+    models = f"default={WEIGHTS / 'default'},digits={WEIGHTS / 'digits'}"
     with serving(["--device", "cpu", "--no-warmup", "--models", models], log, env={"OMP_NUM_THREADS": "1"}) as server:
         yield server
 

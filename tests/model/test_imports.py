@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.constants import ROOT
 
 TRAINING_AND_DEV_ONLY = (
     "model.training",
@@ -48,7 +47,7 @@ def loaded_after(*modules: str) -> set[str]:
     """The names of sys.modules, after importing `modules` in a fresh interpreter from the repository root."""
     code = f"import json, sys\nimport {', '.join(modules)}\nprint(json.dumps(sorted(sys.modules)))"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return set(json.loads(result.stdout.splitlines()[-1]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from model.tiling import (
     tile_grid,
 )
 from tests.support.checkpoints import TINY_RGB
+from tests.support.constants import ROOT, WEIGHTS
 
 
 def tiny(**overrides: object) -> VQModel:
@@ -151,10 +151,9 @@ def test_the_activation_estimate_bounds_a_measured_peak() -> None:
     """The batcher's memory budget trusts `activation_bytes_per_pixel`: the peak of live tensor bytes in a real
     reconstruct of the shipped default must stay under it with room for the allocator's own overhead (RSS ran about
     1.5x the tensor peak here), and the estimate must not be wildly conservative."""
-    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, str(root / "model/weights/default"), "384"],
-        cwd=root,
+        [sys.executable, "-c", PEAK_PROBE, str(WEIGHTS / "default"), "384"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

@@ -31,6 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from service.app import IDLE_BEFORE_TRIM_S, create_app, release_memory_when_idle
 from service.batching import Ticket
 from service.settings import Settings
+from tests.support.constants import PNG
 from tests.support.images import png
 from tests.support.servers import Server, parse_metric
 from tests.support.servers import serving_checkpoint as serve_process
@@ -38,7 +39,6 @@ from tests.support.servers import serving_checkpoint as serve_process
 from . import inputs
 
 pytestmark = pytest.mark.timeout(120)
-PNG = {"content-type": "image/png"}
 
 
 def raw_request(method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from starlette.routing import Route
 
 from service.app import create_app
 from service.settings import Settings
+from tests.support.routes import routes_with_paths
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,15 +28,9 @@ def concrete(path: str) -> str:
     return re.sub(r"\{([^}]+)\}", lambda m: PATH_VALUES[m[1]], path)
 
 
-def get_paths(routes: list[Any], prefix: str = "") -> set[str]:
-    """The path of every route that answers GET, through included routers (which FastAPI keeps nested)."""
-    paths = set()
-    for route in routes:
-        if isinstance(route, Route) and route.methods and "GET" in route.methods:
-            paths.add(prefix + route.path)
-        elif hasattr(route, "original_router"):
-            paths |= get_paths(route.original_router.routes, prefix + route.include_context.prefix)
-    return paths
+def get_paths(routes: list[Any]) -> set[str]:
+    """The path of every route that answers GET."""
+    return {path for route, path in routes_with_paths(routes) if route.methods and "GET" in route.methods}
 
 
 def get_routes(app: Any) -> list[str]:
