@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from model import VQModel, VQModelConfig
-from model.device import DeviceError, resolve_device
+from model.device import resolve_device
 
 try:
     from model.training import data
     from model.training.evaluate import evaluate
+    from model.training.loop import TrainingRun, run_main
     from model.training.objective import CodebookKeeper, forward_loss
     from model.training.presets import PRESETS, Preset
 except ModuleNotFoundError as exc:  # the installed wheel leaves model/training out (pyproject.toml)
@@ -103,10 +101,11 @@ def learning_rate(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class Run:
-    """One training run: data, model, optimizer, evaluation and checkpoint writing."""
+class Run(TrainingRun):
+    """One training run: data, model, optimizer, evaluation and checkpoint writing (the loop: TrainingRun)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
         self.args = args
         torch.manual_seed(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -121,9 +120,6 @@ class Run:
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, betas=(0.9, 0.99))
         self.keeper = CodebookKeeper(self.config.num_vq_embeddings, self.config.embed_dim, self.generator)
-        self.step = 0
-        self.best: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
         self._load_data()
 
     # data
@@ -163,37 +159,22 @@ class Run:
         }
 
     # checkpoints
-    def save_state(self) -> None:
-        path: Path = self.args.state
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": self.step,
+    def own_state(self) -> dict[str, Any]:
+        return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "code_counts": self.keeper.counts,
             "code_buffer": self.keeper.buffer,
-            "best_json": json.dumps({"best": self.best, "history": self.history}),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
 
-    def load_state(self) -> None:
-        state = torch.load(self.args.state, map_location=self.device, weights_only=True)
+    def restore_own_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         self.keeper.counts = state["code_counts"].cpu()
         self.keeper.buffer = state["code_buffer"].cpu()
-        self.step = int(state["step"])
-        saved = json.loads(state["best_json"])
-        self.best, self.history = saved["best"], saved["history"]
 
     def shipped_model(self) -> VQModel:
         """The weights evaluated and written out: the moving average when there is one."""
@@ -228,60 +209,30 @@ class Run:
         }
         (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    # the loop
-    def evaluate_and_save(self, final: bool = False) -> dict[str, Any]:
+    # the loop's hooks
+    def evaluate(self) -> dict[str, Any]:
         evaluation = evaluate(self.shipped_model(), self.eval_names, self.eval_images.to(self.device))
         evaluation["step"] = self.step
-        self.history.append({"step": self.step, "psnr_mean": evaluation["psnr_mean"]})
-        quantizing = self.step >= self.args.vq_warmup
-        if quantizing and (self.best is None or evaluation["psnr_mean"] > self.best["psnr_mean"]):
-            self.best = evaluation
-            self.write_checkpoint(evaluation, final)
-        self.save_state()
         return evaluation
 
-    def train(self) -> dict[str, Any]:
-        args = self.args
-        stop = {"requested": False}
+    def history_entry(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        return {"step": self.step, "psnr_mean": evaluation["psnr_mean"]}
 
-        def request_stop(signum: int, frame: object) -> None:
-            stop["requested"] = True
+    def is_best(self, evaluation: dict[str, Any]) -> bool:
+        quantizing = self.step >= self.args.vq_warmup  # before, the codebook is not in use: nothing to ship
+        return quantizing and (self.best is None or evaluation["psnr_mean"] > self.best["psnr_mean"])
 
-        previous = signal.signal(signal.SIGTERM, request_stop)
-        bar = tqdm(total=args.steps, initial=self.step, mininterval=2 if sys.stderr.isatty() else 60, smoothing=0.05)
-        t0 = time.time()
-        running: torch.Tensor | None = None  # smoothed loss, kept on the device: read only when shown
-        try:
-            while self.step < args.steps and not stop["requested"]:
-                loss = self._train_step()
-                running = loss if running is None else 0.98 * running + 0.02 * loss
-                bar.update(1)
-                if self.step % 50 == 0:
-                    bar.set_postfix(loss=f"{float(running):.4f}", restarts=self.keeper.restarted_total, refresh=False)
-                if self.step % args.eval_every == 0 or self.step == args.steps:
-                    evaluation = self.evaluate_and_save(final=self.step == args.steps)
-                    bar.write(
-                        f"step {self.step}: psnr {evaluation['psnr_mean']:.2f} dB "
-                        f"usage {evaluation['codebook_usage']:.3f} perplexity {evaluation['perplexity']} "
-                        f"loss {float(running):.4f} ({time.time() - t0:.0f}s)",
-                        file=sys.stderr,
-                    )
-        except KeyboardInterrupt:
-            stop["requested"] = True
-        finally:
-            bar.close()
-            signal.signal(signal.SIGTERM, previous)
-        if stop["requested"]:
-            self.save_state()
-            print(f"stopped at step {self.step}; state saved to {args.state}", file=sys.stderr)
-        elif self.best is not None:
-            # the best checkpoint is on disk; mark its record as the outcome of a finished run
-            record = json.loads((args.out / "training.json").read_text())
-            record["finished"], record["history"] = True, self.history
-            (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-        return self.best or {}
+    def report(self, evaluation: dict[str, Any], running_loss: float, elapsed_s: float) -> str:
+        return (
+            f"step {self.step}: psnr {evaluation['psnr_mean']:.2f} dB "
+            f"usage {evaluation['codebook_usage']:.3f} perplexity {evaluation['perplexity']} "
+            f"loss {running_loss:.4f} ({elapsed_s:.0f}s)"
+        )
 
-    def _train_step(self) -> torch.Tensor:
+    def postfix(self, running_loss: float) -> dict[str, Any] | None:
+        return {"loss": f"{running_loss:.4f}", "restarts": self.keeper.restarted_total}
+
+    def train_step(self) -> torch.Tensor:
         """One optimisation step; returns its loss, detached."""
         args = self.args
         quantize = self.step >= args.vq_warmup
@@ -315,24 +266,12 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        run = Run(args)
-    except DeviceError as exc:  # before any data is loaded or model built: the device is resolved first
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.resume:
-        if not args.state.is_file():
-            print(f"--resume: no state file at {args.state}", file=sys.stderr)
-            return 2
-        run.load_state()
-        print(f"resumed from {args.state} at step {run.step}", file=sys.stderr)
-    n_params = sum(p.numel() for p in run.model.parameters())
-    print(f"training {n_params / 1e6:.2f}M parameters on {run.device} for {args.steps} steps", file=sys.stderr)
-    best = run.train()
-    print(json.dumps({"out": str(args.out), "best": best}, indent=2))
-    return 0
+
+    def parameters(run: TrainingRun) -> str:
+        assert isinstance(run, Run)
+        return f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters"
+
+    return run_main(args, lambda: Run(args), parameters)
 
 
 if __name__ == "__main__":

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from model import VQModel
-from model.device import DeviceError, resolve_device
+from model.device import resolve_device
 from model.prior import PRIOR_SUBFOLDER, PixelCNNPrior, PriorConfig, bits_per_code
 from model.train import learning_rate
 
 try:
     from model.training import codes as code_data
     from model.training.data import TensorSampler
+    from model.training.loop import TrainingRun, run_main
 except ModuleNotFoundError as exc:  # the installed wheel leaves model/training out (pyproject.toml)
     if exc.name != "model.training":
         raise
@@ -76,10 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class PriorRun:
-    """One training run: the codes, the prior, its optimizer, selection on the validation grids, the files."""
+class PriorRun(TrainingRun):
+    """One training run: the codes, the prior, its optimizer, selection on the validation grids, the files (the
+    loop: TrainingRun)."""
+
+    progress_every_s = 30
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
         self.args = args
         torch.manual_seed(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -106,9 +108,6 @@ class PriorRun:
             self.prior.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay
         )
         self.sampler = TensorSampler(torch.arange(len(self.codes)), self.generator)
-        self.step = 0
-        self.best: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
         self.data_description = {
             "source": "the VQ model's training split (sklearn.datasets.load_digits, first 1,497), encoded once",
             "train_grids": len(self.codes),
@@ -118,35 +117,20 @@ class PriorRun:
         }
 
     # state
-    def save_state(self) -> None:
-        path: Path = self.args.state
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": self.step,
+    def own_state(self) -> dict[str, Any]:
+        return {
             "prior": self.prior.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "order": self.sampler._order,
             "config_json": json.dumps(self.config.to_dict()),
-            "best_json": json.dumps({"best": self.best, "history": self.history}),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
 
-    def load_state(self) -> None:
-        state = torch.load(self.args.state, map_location=self.device, weights_only=True)
+    def restore_own_state(self, state: dict[str, Any]) -> None:
         if json.loads(state["config_json"]) != self.config.to_dict():
             raise ValueError(f"{self.args.state} holds a run of another prior config; pass the same options")
         self.prior.load_state_dict(state["prior"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         self.sampler._order = state["order"].cpu()
-        self.step = int(state["step"])
-        saved = json.loads(state["best_json"])
-        self.best, self.history = saved["best"], saved["history"]
 
     # evaluation and files
     @torch.no_grad()
@@ -190,14 +174,11 @@ class PriorRun:
         }
         (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    def evaluate_and_save(self, final: bool) -> dict[str, Any]:
-        evaluation = self.evaluate()
-        self.history.append(evaluation)
-        if self.best is None or evaluation["val_bits"] < self.best["val_bits"]:
-            self.best = evaluation
-            self.write_checkpoint(evaluation, final)
-        self.save_state()
-        return evaluation
+    def is_best(self, evaluation: dict[str, Any]) -> bool:
+        return self.best is None or evaluation["val_bits"] < self.best["val_bits"]
+
+    def report(self, evaluation: dict[str, Any], running_loss: float, elapsed_s: float) -> str:
+        return f"step {self.step}: val bits {evaluation['val_bits']:.4f} (train {running_loss:.4f}, {elapsed_s:.0f}s)"
 
     # the loop
     def train_step(self) -> torch.Tensor:
@@ -217,64 +198,15 @@ class PriorRun:
         self.step += 1
         return loss.detach()
 
-    def train(self) -> dict[str, Any]:
-        args = self.args
-        stop = {"requested": False}
-
-        def request_stop(signum: int, frame: object) -> None:
-            stop["requested"] = True
-
-        previous = signal.signal(signal.SIGTERM, request_stop)
-        bar = tqdm(total=args.steps, initial=self.step, mininterval=2 if sys.stderr.isatty() else 30)
-        t0 = time.time()
-        running: torch.Tensor | None = None
-        try:
-            while self.step < args.steps and not stop["requested"]:
-                loss = self.train_step()
-                running = loss if running is None else 0.98 * running + 0.02 * loss
-                bar.update(1)
-                if self.step % args.eval_every == 0 or self.step == args.steps:
-                    evaluation = self.evaluate_and_save(final=self.step == args.steps)
-                    bar.write(
-                        f"step {self.step}: val bits {evaluation['val_bits']:.4f} "
-                        f"(train {float(running):.4f}, {time.time() - t0:.0f}s)",
-                        file=sys.stderr,
-                    )
-        except KeyboardInterrupt:
-            stop["requested"] = True
-        finally:
-            bar.close()
-            signal.signal(signal.SIGTERM, previous)
-        if stop["requested"]:
-            self.save_state()
-            print(f"stopped at step {self.step}; state saved to {args.state}", file=sys.stderr)
-        elif self.best is not None:
-            record = json.loads((args.out / "training.json").read_text())
-            record["finished"], record["history"] = True, self.history
-            (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-        return self.best or {}
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        run = PriorRun(args)
-    except (DeviceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.resume:
-        if not args.state.is_file():
-            print(f"--resume: no state file at {args.state}", file=sys.stderr)
-            return 2
-        run.load_state()
-        print(f"resumed from {args.state} at step {run.step}", file=sys.stderr)
-    n_params = sum(p.numel() for p in run.prior.parameters())
-    print(f"training a {n_params / 1e6:.2f}M-parameter prior on {run.device} for {args.steps} steps", file=sys.stderr)
-    best = run.train()
-    print(json.dumps({"out": str(args.out), "best": best}, indent=2))
-    return 0
+
+    def parameters(run: TrainingRun) -> str:
+        assert isinstance(run, PriorRun)
+        return f"a {sum(p.numel() for p in run.prior.parameters()) / 1e6:.2f}M-parameter prior"
+
+    return run_main(args, lambda: PriorRun(args), parameters)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_loss_decreases_and_runs_are_deterministic(tmp_path: Path) -> None:
             before = float(forward_loss(run.model, x, quantize=False).recon_loss)
         run.model.train()
         for _ in range(40):
-            run._train_step()
+            run.train_step()
         run.model.eval()
         with torch.no_grad():
             after = float(forward_loss(run.model, x, quantize=True).recon_loss)
@@ -171,7 +171,7 @@ def test_init_starts_from_a_checkpoint_and_keeps_its_codebook(tmp_path: Path) ->
     )  # fmt: skip
     run = Run(args)
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in start.items())
-    run._train_step()
+    run.train_step()
     # no re-seeding of the trained codebook when quantization is on from the first step
     moved = (run.model.quantize.embedding.weight - start["quantize.embedding.weight"]).abs().max()
     assert 0 < float(moved) < 0.1
@@ -182,11 +182,11 @@ def test_restarts_stop_after_their_share_of_the_run(tmp_path: Path) -> None:
     extra = ("--steps", "16", "--vq-warmup", "0", "--restart-every", "2", "--restarts-until", "0.5")
     run = Run(parse_args(tiny_args(tmp_path, *extra)))
     for _ in range(8):
-        run._train_step()
+        run.train_step()
     restarted = run.keeper.restarted_total
     assert restarted > 0
     for _ in range(8):
-        run._train_step()
+        run.train_step()
     assert run.keeper.restarted_total == restarted
 
 
