@@ -7,11 +7,14 @@ again; ...), each round giving its own ratios; reported as the median ratio and 
 2. vqserve vs diffusers' VQModel in-process at batch 8 (no HTTP, no codecs): throughput.
 3. One client: vqserve's median latency vs our model's bare compute time for the same image.
 4. Scaling curves (`--curves`): throughput and p50/p99 against concurrency and image size -> bench/results/.
+5. `--decoder-dtype bfloat16`: vqserve with its decoder in that dtype as one more setup of every round, against
+   vqserve's default (float32) and LitServe: issue 20's "fast pixels" (codes stay float32's).
 
 Servers run one at a time as subprocesses on 127.0.0.1; the load generator (bench/loadgen.py) is its own process.
 `--quick` is a smoke pass (one round of 2 s windows at the first size, nothing written) that proves it runs.
 
     .venv/bin/python -m bench.service_vs_peers [--checkpoint DIR] [--seconds 10] [--rounds 5] [--curves] [--quick]
+        [--decoder-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -89,9 +92,10 @@ def server(command: list[str], ready_url: str, env: dict[str, str] | None = None
         log.close()
 
 
-def vqserve(checkpoint: Path, port: int) -> contextlib.AbstractContextManager[None]:
+def vqserve(checkpoint: Path, port: int, decoder_dtype: str = "auto") -> contextlib.AbstractContextManager[None]:
     # On CPU a larger batch costs more per image (cache; bench/README.md): 4 is our tuned setting here.
     env = {"VQSERVE_MAX_BATCH_SIZE": "4", "VQSERVE_MAX_WAIT_MS": "5", "VQSERVE_MAX_QUEUE": "1024"}
+    env["VQSERVE_DECODER_DTYPE"] = decoder_dtype
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--model-path", str(checkpoint)]
     return server(command, f"http://127.0.0.1:{port}/readyz", env)
@@ -176,17 +180,26 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
 
-def headline(checkpoint: Path, seconds: float, rounds: int, work: Path, sizes: list[int], warmup: float = 3.0) -> dict:
+def headline(
+    checkpoint: Path,
+    seconds: float,
+    rounds: int,
+    work: Path,
+    sizes: list[int],
+    warmup: float = 3.0,
+    decoder_dtype: str | None = None,
+) -> dict:
     """Rounds alternate the setups (vqserve, then LitServe, then the bare models: ABC ABC ...) at every size, so
     drift hits all of them; one server runs at a time (LitServe's idle worker polls). Each round gives its own
-    ratios; the result is their median and range per size."""
+    ratios; the result is their median and range per size. `decoder_dtype`: also vqserve with
+    VQSERVE_DECODER_DTYPE set to it, in every round, against vqserve's default and LitServe."""
     images = {size: work / f"photo{size}.png" for size in sizes}
     for size, path in images.items():
         path.write_bytes(photo_png(size))
     ours_port, peer_port = free_port(), free_port()
     ours_url, peer_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{peer_port}"
     per_size: dict[int, dict[str, list[dict]]] = {
-        size: {"vqserve_c16": [], "litserve_c16": [], "vqserve_c1": [], "bare": []} for size in sizes
+        size: {"vqserve_c16": [], "litserve_c16": [], "vqserve_c1": [], "bare": [], "decoder_c16": []} for size in sizes
     }
     bare_models = {size: BareModels(checkpoint, path.read_bytes()) for size, path in images.items()}
     for _ in range(rounds):
@@ -194,6 +207,10 @@ def headline(checkpoint: Path, seconds: float, rounds: int, work: Path, sizes: l
             for size in sizes:
                 per_size[size]["vqserve_c16"].append(load(ours_url, "vqserve", images[size], 16, seconds, warmup))
                 per_size[size]["vqserve_c1"].append(load(ours_url, "vqserve", images[size], 1, seconds, warmup))
+        if decoder_dtype is not None:
+            with vqserve(checkpoint, ours_port, decoder_dtype):
+                for size in sizes:
+                    per_size[size]["decoder_c16"].append(load(ours_url, "vqserve", images[size], 16, seconds, warmup))
         with litserve(checkpoint, peer_port):
             for size in sizes:
                 per_size[size]["litserve_c16"].append(load(peer_url, "litserve", images[size], 16, seconds, warmup))
@@ -224,6 +241,21 @@ def headline(checkpoint: Path, seconds: float, rounds: int, work: Path, sizes: l
             "vqserve_c1": merge(ours1),
             "bare": bare,
         }
+        if decoder_dtype is not None:
+            fast = runs["decoder_c16"]
+            result["sizes"][str(size)] |= {
+                "decoder_dtype": decoder_dtype,
+                "decoder_throughput_ratio_vs_default": spread(
+                    [ratio(a["throughput_rps"], b["throughput_rps"]) for a, b in zip(fast, ours16, strict=True)]
+                ),
+                "decoder_throughput_ratio_vs_litserve": spread(
+                    [ratio(a["throughput_rps"], b["throughput_rps"]) for a, b in zip(fast, peer16, strict=True)]
+                ),
+                "decoder_p99_ratio_vs_litserve": spread(
+                    [ratio(a["p99_ms"], b["p99_ms"]) for a, b in zip(fast, peer16, strict=True)]
+                ),
+                "vqserve_decoder_c16": merge(fast),
+            }
     return result
 
 
@@ -277,6 +309,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512], help="curve sizes")
     parser.add_argument("--headline-sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument(
+        "--decoder-dtype",
+        choices=["bfloat16", "float16"],
+        help="also vqserve with VQSERVE_DECODER_DTYPE set to this, in every round (issue 20's fast pixels)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke: 1 round of 2 s windows at the first headline size; writes nothing"
     )
     args = parser.parse_args()
@@ -289,7 +326,9 @@ def main() -> None:
         result["checkpoint"] = str(args.checkpoint)
         warmup = 0.5 if args.quick else 3.0
         load_before = os.getloadavg()[0]
-        result |= headline(args.checkpoint, args.seconds, args.rounds, Path(tmp), args.headline_sizes, warmup)
+        result |= headline(
+            args.checkpoint, args.seconds, args.rounds, Path(tmp), args.headline_sizes, warmup, args.decoder_dtype
+        )
         result |= {"quick": args.quick, "load_average_1m": [load_before, os.getloadavg()[0]]}
         if not args.quick:
             (RESULTS / "headline.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -416,6 +416,52 @@ def percentile(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 2)
 
 
+def stream_during_large(url: str, large: bytes, small: bytes, count: int, delay_s: float, wait: bool = True) -> dict:
+    """`count` sequential small reconstructs starting `delay_s` into one large reconstruct (by then it is decoded
+    and in its tiles); `wait`: until the large one answers too (else it is left running)."""
+    thread, big_reply = in_thread(lambda: post(f"{url}/reconstruct", large, "image/png"))
+    time.sleep(delay_s)
+    replies = [post(f"{url}/reconstruct", small, "image/png") for _ in range(count)]
+    latencies = [r.seconds for r in replies]
+    out = {
+        "statuses": sorted({r.status for r in replies}),
+        "count": len(replies),
+        "median_s": round(statistics.median(latencies), 2),
+        "p90_s": percentile(latencies, 0.9),
+        "max_s": round(max(latencies), 2),
+        "latencies_s": latencies,
+        "large_running": thread.is_alive(),
+    }
+    if wait:
+        thread.join()
+        (big,) = big_reply
+        out |= {
+            "large_status": big.status,
+            "large_s": big.seconds,
+            "finished_before_large": sum(r.ended <= big.ended for r in replies),
+        }
+    return out
+
+
+def deadline_phase(checkpoint: Path, sizes: Sizes, large: bytes, small: bytes, alone: int = 1) -> dict:
+    """B.4 on a server with a `sizes.short_timeout_s` deadline: `alone` small reconstructs (the first warms up),
+    the large one (504 expected), then how long the next small one takes."""
+    env = {"VQSERVE_REQUEST_TIMEOUT_S": str(sizes.short_timeout_s), **sizes.server_env}
+    with service(checkpoint, env) as (url, pid), RssSampler(pid):
+        lone = [post(f"{url}/reconstruct", small, "image/png") for _ in range(alone)]
+        big = post(f"{url}/reconstruct", large, "image/png")
+        after = post(f"{url}/reconstruct", small, "image/png")
+    return {
+        "timeout_s": sizes.short_timeout_s,
+        "small_alone_s": [r.seconds for r in lone],
+        "large_status": big.status,
+        "large_s": big.seconds,
+        "late_s": round(big.seconds - sizes.short_timeout_s, 2),
+        "small_status": after.status,
+        "small_s": after.seconds,
+    }
+
+
 def service_run(checkpoint: Path, sizes: Sizes, settle_s: float, budget_mb: int = 0, timeout_s: float = 600) -> dict:
     """B.1-3, 5 and 6 on one server with default settings, then B.4 on another with a 3 s deadline."""
     flat = png(np.full((sizes.large, sizes.large, 3), (118, 141, 163), dtype=np.uint8))
@@ -474,49 +520,20 @@ def service_run(checkpoint: Path, sizes: Sizes, settle_s: float, budget_mb: int 
             reply = post(f"{url}{decode_query}", grid_body, "tensor/binary")
             return {"status": reply.status, "reply_bytes": reply.size, "x_tiles": reply.tiles}
 
-        def stream_during_large() -> dict:
-            thread, large = in_thread(lambda: post(f"{url}/reconstruct", flat, "image/png"))
-            time.sleep(2.0 if sizes is not QUICK else 0.1)  # the large one is decoded and in its tiles by then
-            replies = [post(f"{url}/reconstruct", small, "image/png") for _ in range(sizes.stream)]
-            thread.join()
-            (big,) = large
-            during = [r.seconds for r in replies if r.ended <= big.ended]
-            latencies = [r.seconds for r in replies]
-            return {
-                "statuses": sorted({r.status for r in replies}),
-                "large_status": big.status,
-                "large_s": big.seconds,
-                "count": len(replies),
-                "finished_before_large": len(during),
-                "median_s": round(statistics.median(latencies), 2),
-                "p90_s": percentile(latencies, 0.9),
-                "max_s": round(max(latencies), 2),
-                "latencies_s": latencies,
-            }
+        def stream() -> dict:
+            return stream_during_large(url, flat, small, sizes.stream, 2.0 if sizes is not QUICK else 0.1)
 
         phase("flat_large", flat_reconstruct)
         phase("three_medium", three_at_once)
         phase("decode_grid", decode_grid)
-        phase("stream", stream_during_large)
+        phase("stream", stream)
         final = rss.now()
         out["rss_final_mb"] = round(final / 1e6)
         out["rss_growth_mb"] = round((final - warm) / 1e6)
         out["rss_trace"] = rss.trace(t0)
 
-    env = {"VQSERVE_REQUEST_TIMEOUT_S": str(sizes.short_timeout_s), **sizes.server_env}
-    with service(checkpoint, env) as (url, pid), RssSampler(pid):
-        post(f"{url}/reconstruct", small, "image/png")  # warm-up
-        large = post(f"{url}/reconstruct", flat, "image/png")
-        after = post(f"{url}/reconstruct", small, "image/png")
-        out["deadline"] = {
-            "timeout_s": sizes.short_timeout_s,
-            "large_status": large.status,
-            "large_s": large.seconds,
-            "late_s": round(large.seconds - sizes.short_timeout_s, 2),
-            "small_status": after.status,
-            "small_s": after.seconds,
-        }
-        print(json.dumps({"service": "deadline", **out["deadline"]}), flush=True)
+    out["deadline"] = deadline_phase(checkpoint, sizes, flat, small)
+    print(json.dumps({"service": "deadline", **out["deadline"]}), flush=True)
     return out
 
 

@@ -118,7 +118,8 @@ def test_service_vs_peers_quick_smoke_pass(tiny_checkpoint: Path) -> None:
     """`python -m bench.service_vs_peers --quick`: one alternating round (vqserve, LitServe, the bare models) runs
     end to end and reports per-round ratios with their median and range; nothing is written to bench/results."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.service_vs_peers", "--checkpoint", str(tiny_checkpoint), "--quick"],
+        [sys.executable, "-m", "bench.service_vs_peers", "--checkpoint", str(tiny_checkpoint), "--quick",
+         "--decoder-dtype", "float16"],  # float16: allowed on every CPU (bfloat16 only where it is native)
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -133,6 +134,9 @@ def test_service_vs_peers_quick_smoke_pass(tiny_checkpoint: Path) -> None:
     if math.isfinite(ratio["rounds"][0]):  # a loaded machine may complete nothing on one side in a 2 s window
         assert ratio["min"] == ratio["median"] == ratio["max"] == ratio["rounds"][0]
     assert row["bare"][0]["diffusers_batch8_images_per_s"] > 0
+    assert row["decoder_dtype"] == "float16"
+    assert row["vqserve_decoder_c16"]["windows"] == 1
+    assert len(row["decoder_throughput_ratio_vs_default"]["rounds"]) == 1
 
 
 def test_norm_fusion_quick_smoke_pass() -> None:
