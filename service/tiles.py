@@ -5,7 +5,8 @@ larger than `VQSERVE_TILE_SIZE` runs the plain op, bit for bit as before. A larg
 the statistics op on a preview (model/tiling.py explains why tiles must share GroupNorm statistics), then its
 tiles in runs of as many as fit one batch's memory budget (each run queues behind what arrived meanwhile, so small
 requests interleave with it, and a request whose deadline passed or whose client left stops within one batch),
-then, for encoding, one quantization of the blended latents. Splitting and blending run in the codec pool.
+then, for encoding, the quantization of the blended latents, in bands of rows that are runs of their own.
+Splitting and blending run in the codec pool.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from .batching import Ticket
 from .facts import ModelFacts
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Tile, check_params
 from .runtime import Services
+
+# distance-matrix elements (cells x codes) one quantization run computes: ~0.2 s on 2 CPU cores (8 rows of a 1024-wide
+# grid against 8192 codes), so a small request waits at most that long for the codes of a large image, and a deadline
+# is noticed within it
+QUANTIZE_BAND_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,17 @@ class _Plan:
         blender = Blender((1, self.facts.config.embed_dim, image.shape[-2] // f, image.shape[-1] // f))
         await self._tiles(Op.ENCODE_TILE, image, blender)
         latents = await self.services.offload("tile_blend", blender.result)
-        (encoded,) = await self._run(Op.QUANTIZE, [latents[0]])
-        return encoded
+        return await self.quantize(latents[0])
+
+    async def quantize(self, latents: torch.Tensor) -> Encoded:
+        """Latents (D, h, w) -> Encoded, in bands of rows, each its own run: nearest-code search is per cell, so
+        the bands give exactly the whole grid's result, and no run holds the engine long (the codes of a 4096²
+        image took 20-40 s as one batch, with nothing let in and no deadline noticed)."""
+        rows = max(1, QUANTIZE_BAND_ELEMENTS // max(1, latents.shape[-1] * self.facts.config.codebook_size))
+        parts = [(await self._run(Op.QUANTIZE, [band]))[0] for band in latents.split(rows, dim=-2)]
+        if len(parts) == 1:
+            return parts[0]
+        return await self.services.offload("tile_blend", _joined, parts)
 
     async def decode(self, cells: torch.Tensor) -> torch.Tensor:
         """Indices (h, w) or quantized latents (D, h, w) -> the decoder's floats (C, h*f, w*f), blended."""
@@ -109,7 +124,7 @@ class _Plan:
         """Latents (D, h, w) -> floats: quantized first (once, whole) unless `force_not_quantize`."""
         if force_not_quantize:
             return await self.decode(latents)
-        (encoded,) = await self._run(Op.QUANTIZE, [latents])
+        encoded = await self.quantize(latents)
         return await self.decode(encoded.indices.long())
 
     async def one(self, op: Op, item: torch.Tensor, params: OpParams) -> Any:
@@ -177,6 +192,11 @@ async def run(
 
 
 # codec-pool work
+def _joined(parts: list[Encoded]) -> Encoded:
+    """Bands of rows back into one grid."""
+    return Encoded(torch.cat([p.indices for p in parts], dim=-2), torch.cat([p.latents for p in parts], dim=-2))
+
+
 def _blend(blender: Blender, windows: list[Any], outputs: list[torch.Tensor]) -> None:
     for (y, x), output in zip(windows, outputs, strict=True):
         blender.add(output[None], y, x)

@@ -129,3 +129,24 @@ def test_small_requests_are_served_while_a_large_one_is_in_progress(make_client:
         assert not large.done()  # the small ones did not wait for the whole large request
         assert large.result().status_code == 200
     assert Image.open(io.BytesIO(large.result().content)).size == (512, 512)
+
+
+def test_the_codes_of_a_large_input_are_found_in_bands_with_the_whole_grids_result(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quantization of a large input's latents runs in bands of rows, each a run of its own (so that it never holds
+    the engine for long): exactly the codes of one pass over the whole grid, in as many quantize batches as bands."""
+    import service.tiles
+
+    client = make_client(**TILED)
+    data = image_bytes(random_rgb(96, 80))  # latents 48 x 40 on the f=2 tiny model
+    whole = client.post("/encode", params={"return_latents": "true"}, content=data, headers=PNG)
+    codes = int(client.get("/models/default").json()["codebook_size"])
+    monkeypatch.setattr(service.tiles, "QUANTIZE_BAND_ELEMENTS", 5 * 40 * codes)  # 5 rows a band: 10 bands
+    before = metric(client, "vqserve_batch_size_count", op="quantize")
+    banded = client.post("/encode", params={"return_latents": "true"}, content=data, headers=PNG)
+    assert metric(client, "vqserve_batch_size_count", op="quantize") - before == 10
+    assert banded.status_code == whole.status_code == 200
+    assert banded.json()["shape"] == whole.json()["shape"] == [48, 40]
+    assert banded.json()["indices"] == whole.json()["indices"]
+    assert banded.json()["latents"] == whole.json()["latents"]
