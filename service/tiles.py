@@ -26,9 +26,9 @@ from .facts import ModelFacts
 from .ops import Encoded, FloatDecode, LatentDecode, Op, OpParams, Tile, check_params
 from .runtime import Services
 
-# distance-matrix elements (cells x codes) one quantization run computes: ~0.2 s on 2 CPU cores (8 rows of a 1024-wide
-# grid against 8192 codes), so a small request waits at most that long for the codes of a large image, and a deadline
-# is noticed within it
+# distance-matrix elements (cells x codes) one quantization run computes: 8 rows of a 1024-wide grid against 8192
+# codes, a few hundredths of a second on 2 CPU cores, so a small request waits at most that long for the codes of a
+# large image, and a deadline is noticed within it
 QUANTIZE_BAND_ELEMENTS = 1 << 26
 
 

@@ -150,3 +150,16 @@ def test_norm_fusion_quick_smoke_pass() -> None:
     for row in result["rows"]:
         assert row["max_abs_error"] < 1e-4  # each candidate computes what the model computes
         assert row["median_ratio"] > 0
+
+
+def test_quantizer_bench_finds_the_same_codes_as_the_search_it_replaced() -> None:
+    """`python -m bench.quantizer`: the reference search and `VectorQuantizer.nearest` give identical codes on the
+    shipped model's latents (real and random), and a ratio is printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.quantizer", "--counts", "300", "5000", "--rounds", "1", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert [row["count"] for row in rows] == [300, 5000]
+    assert all(row["codes_identical"] for row in rows)
+    assert all(row["ratio"] > 0 for row in rows)

@@ -29,8 +29,22 @@ def test_chunks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     vq = _quantizer(100, 8)
     z = torch.randn(1037, 8)
     whole = vq.nearest(z)
-    monkeypatch.setattr(quantizer, "_CHUNK_ELEMENTS", 100 * 7)  # 7 rows per chunk, a ragged last chunk
+    monkeypatch.setitem(quantizer._CHUNK_ELEMENTS, "cpu", 100 * 7)  # 7 rows per chunk, a ragged last chunk
     assert torch.equal(vq.nearest(z), whole)
+    monkeypatch.setitem(quantizer._CHUNK_ELEMENTS, "cpu", 1 << 30)  # one chunk for everything
+    assert torch.equal(vq.nearest(z), whole)
+    assert vq.nearest(z[:0]).shape == (0,)  # no rows: no chunk
+
+
+def test_ties_go_to_the_first_code_as_with_argmin() -> None:
+    """Duplicated codes make exact ties: the first of them is chosen, as `torch.argmin` (and diffusers) choose."""
+    vq = _quantizer(64, 4)
+    with torch.no_grad():
+        vq.embedding.weight[40:] = vq.embedding.weight[:24].clone()  # codes 40..63 duplicate codes 0..23
+    z = vq.embedding.weight.detach()[:24] + 1e-3
+    expected = torch.cdist(z, vq.embedding.weight.detach()).argmin(dim=1)
+    assert torch.equal(vq.nearest(z), expected)
+    assert int(vq.nearest(z).max()) < 24
 
 
 def test_half_precision_model_uses_float32_distances() -> None:
