@@ -20,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import metrics
 from .error_handlers import install_handlers
-from .memory import can_release_free_memory, release_free_memory
+from .memory import can_release_free_memory, keep_freed_memory_for_reuse, release_free_memory
 from .middleware import BodyGuardMiddleware, HeadMiddleware, RequestContextMiddleware
 from .ops import Op
 from .routes import generation, health, inference, models, oip, remote, web
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services(settings)
     work_ended = asyncio.Event()  # set as each inference request ends
     trim = release_free_memory if can_release_free_memory() else None
+    keep_freed_memory_for_reuse()  # process-wide, before any model loads: batches reuse what the last one freed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

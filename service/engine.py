@@ -56,7 +56,9 @@ logger = logging.getLogger("vqserve.engine")
 
 WARMUP_MAX_SIDE = 512  # warm-up's side when tiling is off (VQSERVE_TILE_SIZE=0), whatever the sample size
 PRIOR_OPS = frozenset({Op.PRIOR_STEP, Op.PRIOR_NLL})
-TRIM_AFTER_BYTES = 64 << 20  # batches whose activations may exceed this hand freed memory back afterwards
+# batches whose activations may exceed this hand freed memory back at once; smaller ones leave it for the next batch
+# (service/memory.py), and all of it goes back once the service is idle
+TRIM_AFTER_BYTES = 1 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -46,6 +46,32 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     return trim
 
 
+# glibc options (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BELOW = 1 << 30  # blocks up to this size come from (and go back to) the heap, not fresh mmaps
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc keep freed blocks up to KEEP_FREED_BELOW for the next batch instead of unmapping them; True if set.
+
+    By default glibc serves blocks above its (at most 32 MiB) mmap threshold with a fresh mmap and unmaps them on
+    free, so every large activation of every batch is page-faulted and zeroed anew: 256² reconstructs at batch 4
+    took 2.29 s instead of 1.80 s per batch (bench/README.md, section 8.5). With fixed thresholds the memory stays
+    with the process between batches; `release_free_memory` (after very large batches, and once the service is
+    idle) still hands it back. A MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment wins."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # not glibc
+        return False
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BELOW)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BELOW))
+
+
 def can_release_free_memory() -> bool:
     """Whether `release_free_memory` does anything here (glibc)."""
     return _malloc_trim() is not None

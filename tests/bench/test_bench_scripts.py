@@ -163,3 +163,16 @@ def test_quantizer_bench_finds_the_same_codes_as_the_search_it_replaced() -> Non
     assert [row["count"] for row in rows] == [300, 5000]
     assert all(row["codes_identical"] for row in rows)
     assert all(row["ratio"] > 0 for row in rows)
+
+
+def test_allocator_bench_runs_both_policies() -> None:
+    """`python -m bench.allocator`: a round of glibc's default and of keeping freed memory, each its own process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.allocator", "--cases", "64x1", "--rounds", "1", "--repeats", "1",
+         "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    (row,) = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert row["case"] == "64x1"
+    assert row["default_ms"] > 0
+    assert row["reuse_ms"] > 0
