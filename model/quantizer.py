@@ -14,8 +14,8 @@ from torch import nn
 
 # Distance-matrix elements computed at once. CPU: 2**20 float32 = 4 MiB, which stays in cache between the matmul
 # that writes it and the min that reads it, in one buffer reused for every chunk (a fresh 64 MiB matrix per chunk
-# spent more time in page faults than in the matmul): 4096 latent vectors x 8192 codes took 28 instead of 145 ms on
-# 2 cores (bench/README.md, section 8.5). GPU: 2**24, fewer and larger kernels.
+# spent more time in page faults than in the matmul): 4096 latent vectors x 8192 codes took 25 instead of 76 ms on
+# 2 cores (bench/quantizer.py, bench/README.md section 8.5). GPU: 2**24, fewer and larger kernels.
 _CHUNK_ELEMENTS = {"cpu": 1 << 20}
 _CHUNK_ELEMENTS_OTHER = 1 << 24
 

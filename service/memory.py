@@ -3,7 +3,9 @@
 The memory budget of a batch (`VQSERVE_MEMORY_BUDGET_MB`) defaults to a share of what the process may use: the
 cgroup limit where there is one (a Kubernetes pod's), else the host's memory. glibc keeps large freed blocks in
 its arenas, so after a large batch the process would stay at its peak: `release_free_memory` asks it to return
-them (`malloc_trim`), which brings RSS back near the idle footprint (bench/README.md, tiling).
+them (`malloc_trim`), which brings RSS back near the idle footprint (bench/README.md, tiling). Between batches,
+though, freed blocks are kept for the next one (`keep_freed_memory_for_reuse`): unmapping and page-faulting them
+again made a 256² batch of 4 take 1.32× as long.
 """
 
 from __future__ import annotations
@@ -34,16 +36,21 @@ def default_budget_bytes() -> int:
 
 
 @functools.cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's `malloc_trim`, from the C library the process already runs on, or None (musl, macOS)."""
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str, argtypes: tuple[type, ...]) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """A function of glibc, the C library the process already runs on, typed to return int; None elsewhere (musl,
+    macOS)."""
+    library = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc: nothing to trim
+        function = getattr(ctypes.CDLL(library), name) if library else None
+    except (OSError, AttributeError):  # not glibc
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    if function is not None:
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
+
+
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    return _libc_function("malloc_trim", (ctypes.c_size_t,))
 
 
 # glibc options (malloc.h)
@@ -56,19 +63,14 @@ def keep_freed_memory_for_reuse() -> bool:
 
     By default glibc serves blocks above its (at most 32 MiB) mmap threshold with a fresh mmap and unmaps them on
     free, so every large activation of every batch is page-faulted and zeroed anew: 256² reconstructs at batch 4
-    took 2.29 s instead of 1.80 s per batch (bench/README.md, section 8.5). With fixed thresholds the memory stays
+    took 1.32× as long (bench/allocator.py, bench/README.md section 8.5). With fixed thresholds the memory stays
     with the process between batches; `release_free_memory` (after very large batches, and once the service is
     idle) still hands it back. A MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment wins."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):  # not glibc
-        return False
+    mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
     if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BELOW)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BELOW))
 
 

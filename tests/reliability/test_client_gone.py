@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from tests.support.constants import PNG
 from tests.support.images import png
 from tests.support.servers import Server, parse_metric
 from tests.support.servers import serving_checkpoint as serve_process
+from tests.support.waiting import wait_until
 
 from . import inputs
 
@@ -66,13 +67,6 @@ def log_lines_with(server: Server, text: str) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in lines]
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float = 15.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_64ch_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # batches of at most 4: the warm-up of the soak reaches the largest batch the churn can form
@@ -99,7 +93,7 @@ def test_a_client_that_leaves_mid_upload_is_a_499_not_a_500(
     with socket.create_connection(server.host_port, timeout=10) as sock:
         sock.sendall(full[:cut])
         time.sleep(0.3)  # the route is reading the body when the client leaves
-    wait_for(lambda: log_lines_with(server, request_id))
+    wait_until(lambda: log_lines_with(server, request_id), "the access log line", 15)
     assert server.metric("vqserve_requests_total", status="499") == before["499"] + 1
     assert server.metric("vqserve_requests_total", status="500") == before["500"]
     assert (
@@ -126,7 +120,7 @@ def test_a_client_that_leaves_while_its_result_is_computed_is_a_499(server: Serv
     with socket.create_connection(server.host_port, timeout=10) as sock:
         sock.sendall(request)
         time.sleep(0.1)
-    wait_for(lambda: log_lines_with(server, request_id))
+    wait_until(lambda: log_lines_with(server, request_id), "the access log line", 15)
     (line,) = log_lines_with(server, request_id)
     assert line["status"] == 499
     assert "Traceback" not in server.log_text()

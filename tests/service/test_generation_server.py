@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from service.ops import Op
 from tests.support.constants import PNG
 from tests.support.images import png
 from tests.support.servers import Server, serve_in_thread
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 CELLS = 16  # the 4x4 grid of tiny_prior_checkpoint's prior: steps per sample
@@ -44,13 +44,6 @@ def generate(server: Server, **body: Any) -> list[list[list[int]]]:
     response = httpx.post(f"{server.url}/generate", json=body, headers={"accept": "application/json"}, timeout=120)
     assert response.status_code == 200, response.text
     return [sample["indices"] for sample in response.json()["samples"]]
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 60) -> None:
-    end = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < end, f"{what}: not in {timeout_s} s"
-        time.sleep(0.02)
 
 
 def steps_metric(server: Server, suffix: str, **labels: str) -> float:

@@ -20,17 +20,9 @@ from service.ops import NoParams, Op, Tile
 from service.preemption import Baton
 from service.settings import Settings
 from tests.service.test_batching import FakeEngine, item, run, submit, value
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(condition: object, what: str, timeout_s: float = 10.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout_s / 0.001)):
-        if condition():  # type: ignore[operator]
-            return
-        event.wait(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # the baton
@@ -42,7 +34,7 @@ def test_an_urgent_holder_runs_at_the_next_boundary_of_a_preemptible_one() -> No
         with baton.hold():
             for step in range(6):
                 if step == 3:
-                    wait_for(lambda: baton.urgent_waiting, "the urgent holder to wait")
+                    wait_until(lambda: baton.urgent_waiting, "the urgent holder to wait")
                 if baton.let_urgent_in():
                     log.append("resumed")
                 log.append(f"step {step}")
@@ -53,7 +45,7 @@ def test_an_urgent_holder_runs_at_the_next_boundary_of_a_preemptible_one() -> No
 
     long = threading.Thread(target=preemptible)
     long.start()
-    wait_for(lambda: "step 2" in log, "the preemptible holder to start")
+    wait_until(lambda: "step 2" in log, "the preemptible holder to start")
     short = threading.Thread(target=urgent)
     short.start()
     long.join(10)
@@ -80,7 +72,7 @@ def test_a_plain_holder_waits_for_the_whole_preemptible_batch() -> None:
 
     long = threading.Thread(target=preemptible)
     long.start()
-    wait_for(lambda: baton.busy, "the preemptible holder to hold")
+    wait_until(lambda: baton.busy, "the preemptible holder to hold")
     other = threading.Thread(target=plain)
     other.start()
     long.join(10)
@@ -102,12 +94,12 @@ def test_a_paused_batch_computes_as_long_as_the_urgent_work_took_before_pausing_
     with baton.hold():
         first = threading.Thread(target=urgent, args=(2.0,))
         first.start()
-        wait_for(lambda: baton.urgent_waiting, "the first urgent holder")
+        wait_until(lambda: baton.urgent_waiting, "the first urgent holder")
         decisions.append(baton.let_urgent_in())  # pauses: the first urgent batch runs for 2 s
         first.join(10)
         second = threading.Thread(target=urgent, args=(0.5,))
         second.start()
-        wait_for(lambda: baton.urgent_waiting, "the second urgent holder")
+        wait_until(lambda: baton.urgent_waiting, "the second urgent holder")
         now[0] += 1.0
         decisions.append(baton.let_urgent_in())  # 1 s computed of the 2 s owed: not yet
         now[0] += 1.0
@@ -132,7 +124,7 @@ def tile_held_at_a_boundary(engine: Engine, module_count: int) -> Iterator[list[
         lane = "urgent" if name.startswith(urgent_thread) else "tile"
         log.append(lane)
         if lane == "tile" and log.count("tile") == module_count:
-            wait_for(lambda: engine._baton.urgent_waiting, "the urgent batch to wait")
+            wait_until(lambda: engine._baton.urgent_waiting, "the urgent batch to wait", 10, 0.001)
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
     try:
@@ -166,7 +158,7 @@ def test_an_urgent_batch_runs_inside_a_tile_and_both_compute_what_they_compute_a
 
     async def both() -> tuple[object, object]:
         long = asyncio.ensure_future(engine.compute(tile_op, [tile], NoParams()))
-        await asyncio.to_thread(wait_for, lambda: "tile" in log, "the tile to start")
+        await asyncio.to_thread(wait_until, lambda: "tile" in log, "the tile to start", 10, 0.001)
         (short,) = await engine.compute(urgent_op, [small], NoParams(), urgent=True)
         (tiled,) = await long
         return tiled, short
