@@ -1,11 +1,13 @@
-"""Which `VQSERVE_MAX_BATCH_SIZE` suits a CPU: the engine's time per image at batch 1, 2, 4, 8 (issue 19).
+"""Which batch bounds suit a CPU (`VQSERVE_MAX_BATCH_SIZE`, `VQSERVE_MAX_BATCH_PIXELS`): the engine's time per
+image at batch 1, 2, 4, 8, 16 and each image side (issues 19, 20).
 
-One reconstruct (encode, quantize, decode) of 256x256 images with the shipped default, in process, under inference
-mode, with the threads `python -m service` would use (the CPU quota; `--threads` overrides). Batch sizes alternate
-within each round, so load from a neighbour hits them all alike; the median per-image time of each is printed side
-by side with its ratio to batch 1.
+One reconstruct (encode, quantize, decode) of side x side images with the shipped default, in process, under
+inference mode, with the threads `python -m service` would use (the CPU quota; `--threads` overrides). Batch sizes
+and sides alternate within each round, so load from a neighbour hits them all alike; per side, the median per-image
+time of each batch is printed side by side with its ratio to batch 1, and the pixels the batch holds.
 
-    python -m bench.cpu_batch [--checkpoint DIR] [--side 256] [--rounds 5] [--threads N]
+    python -m bench.cpu_batch [--checkpoint DIR] [--sides 64 128 256] [--batches 1 2 4 8 16] [--rounds 5]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from model import VQModel  # noqa: E402
 from service.cpus import available_cpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHES = (1, 2, 4, 8)
 
 
 def per_image_ms(model: VQModel, batch: torch.Tensor) -> float:
@@ -39,7 +40,8 @@ def per_image_ms(model: VQModel, batch: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "model" / "weights" / "default")
-    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--sides", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0: the CPU quota, as the service sizes torch")
     args = parser.parse_args()
@@ -47,22 +49,34 @@ def main() -> None:
     torch.set_num_threads(threads)
     model = VQModel.from_pretrained(args.checkpoint, device="cpu").eval().optimize_for_inference()
     generator = torch.Generator().manual_seed(0)
+    cases = [(side, b) for side in args.sides for b in args.batches]
     inputs = {
-        b: torch.rand(b, model.config.in_channels, args.side, args.side, generator=generator) * 2 - 1 for b in BATCHES
+        (side, b): torch.rand(b, model.config.in_channels, side, side, generator=generator) * 2 - 1
+        for side, b in cases
     }
-    for b in BATCHES:  # warm-up, not timed
-        per_image_ms(model, inputs[b])
-    times: dict[int, list[float]] = {b: [] for b in BATCHES}
+    for case in cases:  # warm-up, not timed
+        per_image_ms(model, inputs[case])
+    times: dict[tuple[int, int], list[float]] = {case: [] for case in cases}
     for _ in range(args.rounds):
-        for b in BATCHES:
-            times[b].append(per_image_ms(model, inputs[b]))
-    medians = {b: statistics.median(ts) for b, ts in times.items()}
-    print(f"{args.side}x{args.side} reconstruct, {threads} torch threads, {args.rounds} alternating rounds")
-    print("| batch | ms per image (median) | vs batch 1 |")
-    print("|---|---|---|")
-    for b in BATCHES:
-        print(f"| {b} | {medians[b]:.1f} | {medians[b] / medians[1]:.2f} |")
-    print(json.dumps({"side": args.side, "threads": threads, "per_image_ms": medians, "rounds": times}))
+        for case in cases:
+            times[case].append(per_image_ms(model, inputs[case]))
+    medians = {case: statistics.median(ts) for case, ts in times.items()}
+    print(f"reconstruct, {threads} torch threads, {args.rounds} alternating rounds")
+    print("| side | batch | pixels per batch | ms per image (median) | vs batch 1 |")
+    print("|---|---|---|---|---|")
+    for side, b in cases:
+        first = medians[(side, args.batches[0])]
+        print(f"| {side} | {b} | {b * side * side} | {medians[(side, b)]:.1f} | {medians[(side, b)] / first:.2f} |")
+    names = {case: f"{case[0]}x{case[1]}" for case in cases}  # side x batch
+    print(
+        json.dumps(
+            {
+                "threads": threads,
+                "per_image_ms": {names[case]: medians[case] for case in cases},
+                "rounds": {names[case]: times[case] for case in cases},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

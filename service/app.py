@@ -62,12 +62,14 @@ def report_threads(services: Services) -> None:
     metrics.CPU_THREADS.labels("torch").set(plan.torch)
     metrics.CPU_THREADS.labels("codec").set(plan.codec)
     logger.info(
-        "%d CPUs available (bounded by %s): %d torch threads, %d codec threads, batches of up to %d",
+        "%d CPUs available (bounded by %s): %d torch threads, %d codec threads, batches of up to %d images and %d "
+        "pixels",
         plan.cpus.count,
         plan.cpus.source,
         plan.torch,
         plan.codec,
         services.max_batch_size,
+        services.max_batch_pixels,
         extra={"cpus": plan.cpus.count, "torch_threads": plan.torch, "codec_threads": plan.codec},
     )
 

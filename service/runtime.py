@@ -53,12 +53,14 @@ class Services:
             spec.name: Engine(spec, settings, torch_threads=self.threads.torch) for spec in settings.model_specs()
         }
         self.default_model = next(iter(self.engines))
-        self.max_batch_size = settings.batch_size_on(planned_device_type(settings.device))
+        device_type = planned_device_type(settings.device)
+        self.max_batch_size = settings.batch_size_on(device_type)
+        self.max_batch_pixels = settings.batch_pixels_on(device_type)
         self.batcher = Batcher(
             dict(self.engines),
             BatchPolicy(
                 max_batch_size=self.max_batch_size,
-                max_batch_pixels=settings.max_batch_pixels,
+                max_batch_pixels=self.max_batch_pixels,
                 max_batch_bytes=memory_budget_bytes(settings),
                 max_wait_s=settings.max_wait_ms / 1000.0,
                 max_queue=settings.max_queue,

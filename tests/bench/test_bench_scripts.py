@@ -87,17 +87,17 @@ def test_tiling_script_smoke_pass(tiny_checkpoint: Path) -> None:
 
 
 def test_cpu_batch_script_smoke_pass(tiny_checkpoint: Path) -> None:
-    """`python -m bench.cpu_batch` on the tiny model, small images: every batch size is timed in every round."""
+    """`python -m bench.cpu_batch` on the tiny model, small images: every (side, batch) is timed in every round."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_batch", "--checkpoint", str(tiny_checkpoint), "--side", "32",
-         "--rounds", "2", "--threads", "1"],
+        [sys.executable, "-m", "bench.cpu_batch", "--checkpoint", str(tiny_checkpoint), "--sides", "16", "32",
+         "--batches", "1", "2", "4", "--rounds", "2", "--threads", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["threads"] == 1
-    assert set(result["per_image_ms"]) == {"1", "2", "4", "8"}
+    assert set(result["per_image_ms"]) == {f"{side}x{b}" for side in (16, 32) for b in (1, 2, 4)}
     assert all(len(times) == 2 and min(times) > 0 for times in result["rounds"].values())
-    assert "| 4 |" in out.stdout  # the table printed side by side
+    assert "| 32 | 4 | 4096 |" in out.stdout  # the table printed side by side, with the pixels per batch
 
 
 def test_sampling_bench_smoke_pass(tiny_prior_checkpoint: Path) -> None:

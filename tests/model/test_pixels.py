@@ -39,3 +39,16 @@ def test_psnr_on_tensors_and_read_only_arrays() -> None:
     b = np.ones_like(a)  # mse 1
     assert psnr(a, b) == pytest.approx(20 * math.log10(255))
     assert psnr(torch.from_numpy(b), torch.from_numpy(b.copy() * 3)) == pytest.approx(20 * math.log10(255 / 2))
+
+
+def test_psnr_of_8_bit_images_is_exact_and_agrees_with_the_float_path() -> None:
+    """8-bit arrays take an integer path; it gives the float64 path's figure, wraps nothing (255 - 0 is 255, not
+    1) and refuses images of different shapes."""
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)
+    assert psnr(a, b) == psnr(torch.from_numpy(a), torch.from_numpy(b))  # the tensors take the float64 path
+    full = np.full((8, 8, 3), 255, dtype=np.uint8)
+    assert psnr(np.zeros_like(full), full) == pytest.approx(0.0)  # mse 255²: 0 dB
+    with pytest.raises(ValueError, match="different shapes"):
+        psnr(a, b[:, :60])

@@ -13,7 +13,13 @@ from service.__main__ import settings_from_args, uvicorn_config
 from service.cpus import available_cpus
 from service.ops import Op
 from service.runtime import Services
-from service.settings import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE, Settings
+from service.settings import (
+    CPU_MAX_BATCH_PIXELS,
+    CPU_MAX_BATCH_SIZE,
+    GPU_MAX_BATCH_PIXELS,
+    GPU_MAX_BATCH_SIZE,
+    Settings,
+)
 from tests.support.checkpoints import TINY_RGB, build_checkpoint
 from tests.support.servers import serving, start_checkpoint_server, stopping
 
@@ -74,3 +80,15 @@ def test_max_batch_size_auto_depends_on_the_device(tiny_checkpoint: Path) -> Non
         Settings(max_batch_size=0)
     with pytest.raises(ValueError, match="auto or a whole number"):
         Settings(max_batch_size="many")
+
+
+def test_max_batch_pixels_auto_depends_on_the_device(tiny_checkpoint: Path) -> None:
+    """On CPU a batch holds about 4 images of 128² (the cheapest per image, bench/README.md); on GPU it is large."""
+    assert Settings().max_batch_pixels == "auto"
+    policy = Services(Settings(model_path=tiny_checkpoint, device="cpu")).batcher.policy
+    assert policy.max_batch_pixels == CPU_MAX_BATCH_PIXELS == 4 * 128 * 128
+    assert policy.max_batch_size * 64 * 64 == CPU_MAX_BATCH_PIXELS  # 16 images of 64², then the pixels bind
+    assert Settings().batch_pixels_on("cuda") == GPU_MAX_BATCH_PIXELS
+    assert Settings(max_batch_pixels="4096").batch_pixels_on("cpu") == 4096  # an explicit value wins
+    with pytest.raises(ValueError, match=r"must be >= 1 \(got 0\)"):
+        Settings(max_batch_pixels=0)
