@@ -51,8 +51,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     cases = [(side, b) for side in args.sides for b in args.batches]
     inputs = {
-        (side, b): torch.rand(b, model.config.in_channels, side, side, generator=generator) * 2 - 1
-        for side, b in cases
+        (side, b): torch.rand(b, model.config.in_channels, side, side, generator=generator) * 2 - 1 for side, b in cases
     }
     for case in cases:  # warm-up, not timed
         per_image_ms(model, inputs[case])
