@@ -52,6 +52,11 @@ class Cost(NamedTuple):
 class BatchEngine(Protocol):
     name: str
 
+    @property
+    def prefetches(self) -> bool: ...  # hand it the next batch while one computes (`prefetch`)
+
+    def prefetch(self, op: Op, payloads: list[Payload]) -> None: ...
+
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost: ...
 
     async def compute(
@@ -263,12 +268,64 @@ class ModelWorker:
         self.wakeup.set()
 
     async def run(self) -> None:
+        ahead: list[Item] | None = None  # the batch taken early, while the one before it computed
         while True:
-            batch = await self._next_batch()
+            batch = ahead or await self._next_batch()
+            ahead = None
             if batch[0].op in PREEMPTIBLE_OPS:
                 await self._compute_letting_others_in(batch)
+            elif self.engine.prefetches:
+                ahead = await self._compute_taking_the_next(batch)
             else:
                 await self._compute(batch)
+
+    async def _compute_taking_the_next(self, batch: list[Item]) -> list[Item] | None:
+        """Compute `batch` and, while it runs, take the batch that would come next once it is full (a full batch
+        cannot grow by waiting, so taking it early changes no batch) and hand it to the engine to copy its inputs
+        to the device meanwhile (`engine.prefetch`); return it, to compute next."""
+        current = asyncio.ensure_future(self._compute(batch))
+        ahead: list[Item] | None = None
+        try:
+            while not current.done():
+                self.wakeup.clear()
+                ahead = self._full_batch()
+                if ahead is not None:
+                    self.engine.prefetch(ahead[0].op, [item.payload for item in ahead])
+                    break
+                arrival = asyncio.ensure_future(self.wakeup.wait())
+                await asyncio.wait({current, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                arrival.cancel()
+            await current
+        except BaseException:  # the worker is stopped: the batch taken early goes back to the front of its queue
+            current.cancel()
+            if ahead is not None:
+                self.queues.setdefault(ahead[0].key, deque()).extendleft(reversed(ahead))
+            raise
+        return ahead
+
+    def _full_batch(self) -> list[Item] | None:
+        """The batch `_next_batch` would take next, taken now if it is already full and not preemptible; else None
+        (it is left to `_next_batch`, which may wait for it to fill)."""
+        self._purge()
+        if not self.queues:
+            return None
+        policy = self.batcher.policy
+        key, count = self._candidate(list(self.queues), policy.max_batch_bytes)
+        if self.queues[key][0].op in PREEMPTIBLE_OPS or not self._full(key, count):
+            return None
+        return self._take(key, count)
+
+    def _full(self, key: Hashable, count: int) -> bool:
+        """A batch of `count` from the queue `key` cannot grow: it is at the size bound, or the next item did not
+        fit (pixels or memory)."""
+        return count == self.batcher.policy.max_batch_size or count < len(self.queues[key])
+
+    def _take(self, key: Hashable, count: int) -> list[Item]:
+        queue = self.queues[key]
+        batch = [queue.popleft() for _ in range(count)]
+        if not queue:
+            del self.queues[key]
+        return batch
 
     async def _compute_letting_others_in(self, batch: list[Item]) -> None:
         """Compute a preemptible batch (a tile) and, while it runs, hand the engine one urgent batch of the other
@@ -355,14 +412,9 @@ class ModelWorker:
                 await self.wakeup.wait()
                 continue
             key, count = self._candidate(keys, policy.max_batch_bytes if room is None else room)
-            queue = self.queues[key]
-            waited = time.monotonic() - max(queue[0].ticket.arrival, self.returned_at)
-            full = count == policy.max_batch_size or count < len(queue)
-            if full or self.decoding <= 0 or waited >= policy.max_wait_s:
-                batch = [queue.popleft() for _ in range(count)]
-                if not queue:
-                    del self.queues[key]
-                return batch
+            waited = time.monotonic() - max(self.queues[key][0].ticket.arrival, self.returned_at)
+            if self._full(key, count) or self.decoding <= 0 or waited >= policy.max_wait_s:
+                return self._take(key, count)
             # more admitted requests are still decoding (or between steps): give them until max_wait from the oldest
             # arrival (or from when the stepping requests got their results)
             self.wakeup.clear()

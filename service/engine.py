@@ -56,6 +56,10 @@ logger = logging.getLogger("vqserve.engine")
 
 WARMUP_MAX_SIDE = 512  # warm-up's side when tiling is off (VQSERVE_TILE_SIZE=0), whatever the sample size
 PRIOR_OPS = frozenset({Op.PRIOR_STEP, Op.PRIOR_NLL})
+# the ops whose batch is one stack of the payloads (`_stack`): their inputs can be copied ahead (`Engine.prefetch`)
+PREFETCHABLE_OPS = frozenset(
+    {Op.ENCODE, Op.RECONSTRUCT, Op.DECODE_INDICES, Op.DECODE_LATENTS, Op.DECODE_FLOAT, Op.QUANTIZE}
+)
 # batches whose activations may exceed this hand freed memory back at once; smaller ones leave it for the next batch
 # (service/memory.py), and all of it goes back once the service is idle
 TRIM_AFTER_BYTES = 1 << 30
@@ -176,6 +180,7 @@ class Engine:
         # at the same time (service/preemption.py)
         self._urgent_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}-urgent")
         self._baton = Baton()
+        self._prefetch_executor: ThreadPoolExecutor | None = None  # set at load when VQSERVE_PREFETCH applies
         self.model: VQModel | None = None
         self.prior: PixelCNNPrior | None = None  # the learned prior over the codes, when the checkpoint has one
         self.facts: ModelFacts | None = None  # set once loaded
@@ -200,6 +205,21 @@ class Engine:
     def ready(self) -> bool:
         return self.facts is not None
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether the batcher should hand this engine the next batch early (`prefetch`): VQSERVE_PREFETCH."""
+        return self._prefetch_executor is not None
+
+    def prefetch(self, op: Op, payloads: list[Payload]) -> None:
+        """The batch that computes next: start copying its inputs to the device now, on a thread of its own, while
+        the current batch computes (`service/transfer.py`). Only a stack of the payloads is copied ahead; other
+        ops copy as they compute."""
+        if self._prefetch_executor is None or op not in PREFETCHABLE_OPS:
+            return
+        tensors = [p for p in payloads if isinstance(p, torch.Tensor)]  # these ops' payloads are all tensors
+        used = metrics.PREFETCHED_BATCHES.labels(self.name, op).inc
+        transfers(self._loaded().device).prefetch(tensors, self._prefetch_executor, used)
+
     # lifecycle
     def load(self) -> ModelFacts:
         """Load, move and warm up (blocking: call from a thread)."""
@@ -221,6 +241,9 @@ class Engine:
         decoder_dtype = resolve_decoder_dtype(self._settings.decoder_dtype, dtype, device)
         # fused upsampling weights are built in the load dtype, then the decoder is cast
         self.model = model.to(device=device, dtype=dtype).optimize_for_inference().set_decoder_dtype(decoder_dtype)
+        prefetch = self._settings.prefetch
+        if prefetch == "on" or (prefetch == "auto" and device.type == "cuda"):
+            self._prefetch_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self.name}-copy")
         itemsize = max(dtype.itemsize, decoder_dtype.itemsize)
         self.bytes_per_pixel = activation_bytes_per_pixel(model.config, itemsize)
         prior_config = self._load_prior(model.config, device)
@@ -315,6 +338,8 @@ class Engine:
     def close(self) -> None:
         self._urgent_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._prefetch_executor is not None:
+            self._prefetch_executor.shutdown(wait=True, cancel_futures=True)
 
     # what a batch costs the batch policy
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:

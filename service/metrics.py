@@ -36,6 +36,11 @@ BATCH_PAUSES = Counter(
     "Times a tile batch paused at a module boundary to let another request's batch compute",
     ["model", "op"],
 )
+PREFETCHED_BATCHES = Counter(
+    "vqserve_prefetched_batches",
+    "Batches whose inputs were copied to the device while the batch before them computed (VQSERVE_PREFETCH)",
+    ["model", "op"],
+)
 SAMPLED_CODES = Counter(
     "vqserve_sampled_codes", "Codes drawn from a learned prior (one per sample per step)", ["model"]
 )
@@ -52,7 +57,7 @@ MODEL_INFO = Gauge(
 )
 
 
-PER_MODEL_OP = (QUEUE_DEPTH, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, TILES, BATCH_PAUSES)
+PER_MODEL_OP = (QUEUE_DEPTH, QUEUE_DURATION, COMPUTE_DURATION, BATCH_SIZE, TILES, BATCH_PAUSES, PREFETCHED_BATCHES)
 
 
 def create_series(model: str, ops: Iterable[str]) -> None:

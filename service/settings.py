@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         "codes do not change); `auto`: `DTYPE`; `bfloat16` is refused on a CPU without native bf16 (avx512_bf16, "
         "amx_bf16), where it is slower",
     )
+    prefetch: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="while a batch computes, copy the next full batch's inputs to the device (`auto`: on a GPU, "
+        "where the copy then overlaps the compute; on a CPU there is no copy to hide)",
+    )
     warmup: bool = Field(
         default=True,
         description="run each op once at the model's `sample_size` (at most the tile size) before turning ready",

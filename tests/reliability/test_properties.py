@@ -145,10 +145,15 @@ class RecordingEngine:
 
     name = "prop"
 
-    def __init__(self, poison: set[int]) -> None:
+    def __init__(self, poison: set[int], prefetches: bool = False) -> None:
         self.poison = poison
         self.batches: list[tuple[Op, tuple[int, ...], list[int]]] = []
         self.gate = asyncio.Event()
+        self.prefetches = prefetches  # the batcher takes the next full batch early and hands it over here
+        self.prefetched = 0
+
+    def prefetch(self, op: Op, payloads: list[torch.Tensor]) -> None:
+        self.prefetched += 1
 
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         return Cost(shape[-1] * shape[-2], 0)
@@ -185,6 +190,7 @@ request_strategy = st.lists(
     max_queue=st.integers(1, 12),
     requests=st.lists(request_strategy, min_size=1, max_size=16),
     poison_every=st.integers(0, 7),
+    prefetches=st.booleans(),
 )
 def test_batcher_invariants(
     max_batch_size: int,
@@ -192,9 +198,10 @@ def test_batcher_invariants(
     max_queue: int,
     requests: list[list[tuple[Op, int, bool]]],
     poison_every: int,
+    prefetches: bool,
 ) -> None:
     asyncio.run(
-        _batcher_scenario(max_batch_size, max_batch_pixels, max_queue, requests, poison_every),
+        _batcher_scenario(max_batch_size, max_batch_pixels, max_queue, requests, poison_every, prefetches),
     )
 
 
@@ -204,9 +211,10 @@ async def _batcher_scenario(
     max_queue: int,
     requests: list[list[tuple[Op, int, bool]]],
     poison_every: int,
+    prefetches: bool,
 ) -> None:
     poison = set(range(1, 1000, poison_every)) if poison_every else set()
-    engine = RecordingEngine(poison - {0})
+    engine = RecordingEngine(poison - {0}, prefetches)
     policy = BatchPolicy(
         max_batch_size=max_batch_size, max_batch_pixels=max_batch_pixels, max_wait_s=0.0, max_queue=max_queue
     )
@@ -267,5 +275,6 @@ async def _batcher_scenario(
             assert op in (Op.ENCODE, Op.DECODE_INDICES)
         assert batcher.pending == 0
         assert batcher.idle()
+        assert engine.prefetched <= len(engine.batches)  # a batch taken early is one the engine computes next
     finally:
         await batcher.stop()

@@ -33,6 +33,11 @@ class FakeEngine:
         self.delay = 0.0  # seconds each batch takes, yielding to the loop as an engine thread would
         self.gated_ops: frozenset[Op] | None = None  # only batches of these ops wait at the gate (None: all)
         self.bytes_per_pixel = 0
+        self.prefetches = False  # True: the batcher hands over the next full batch while one computes
+        self.prefetched: list[list[int]] = []  # the batches handed over early (payload ids), in order
+
+    def prefetch(self, op: Op, payloads: list[torch.Tensor]) -> None:
+        self.prefetched.append([int(p.flatten()[0]) for p in payloads])
 
     def cost(self, op: Op, shape: tuple[int, ...]) -> Cost:
         pixels = shape[-1] * shape[-2]
@@ -68,6 +73,7 @@ def item(ident: int, side: int = 2) -> torch.Tensor:
 def run(test: Callable[[Batcher, FakeEngine], Awaitable[None]], **policy: Any) -> None:
     async def main() -> None:
         engine = FakeEngine()
+        engine.prefetches = policy.pop("prefetches", False)
         timeout = policy.pop("timeout", 10.0)
         batcher = Batcher({"fake": engine}, BatchPolicy(**{"max_wait_s": 0.0, **policy}), timeout)
         batcher.start()
@@ -465,3 +471,65 @@ def test_a_continuing_request_that_ends_gives_back_what_it_holds() -> None:
         assert time.monotonic() - started < 2.0
 
     run(body, max_wait_s=5.0)
+
+
+async def prefetched(engine: FakeEngine, count: int) -> None:
+    """Wait until the engine has been handed its `count`-th batch early."""
+
+    async def handed() -> None:
+        while len(engine.prefetched) < count:
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(handed(), 2)
+
+
+def test_a_full_batch_is_handed_over_early_while_one_computes() -> None:
+    """VQSERVE_PREFETCH: the next full batch is taken while one computes (its inputs go to the device meanwhile)
+    and computed next, as it would have been."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        tasks = [(await submit(batcher, item(i)))[1] for i in (1, 2, 3)]
+        await prefetched(engine, 1)
+        assert engine.prefetched == [[1, 2]]
+        assert engine.batches == [[0]]
+        assert engine.gate is not None
+        engine.gate.set()
+        assert [await value(t) for t in (first, *tasks)] == [0, 10, 20, 30]
+        assert engine.batches == [[0], [1, 2], [3]]
+
+    run(body, prefetches=True, max_batch_size=2)
+
+
+def test_a_batch_that_could_still_grow_is_not_taken_early() -> None:
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        first = await busy(batcher, engine)
+        tasks = [(await submit(batcher, item(i)))[1] for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        assert engine.prefetched == []  # two of four: items arriving meanwhile may still join it
+        tasks += [(await submit(batcher, item(i)))[1] for i in (3, 4)]
+        await prefetched(engine, 1)
+        assert engine.prefetched == [[1, 2, 3, 4]]
+        assert engine.gate is not None
+        engine.gate.set()
+        assert [await value(t) for t in (first, *tasks)] == [0, 10, 20, 30, 40]
+        assert engine.batches == [[0], [1, 2, 3, 4]]
+
+    run(body, prefetches=True, max_batch_size=4)
+
+
+def test_a_batch_taken_early_is_answered_503_when_the_batcher_stops() -> None:
+    """Nothing admitted is lost: the batch taken early goes back to its queue, and stopping fails it."""
+
+    async def body(batcher: Batcher, engine: FakeEngine) -> None:
+        await busy(batcher, engine)
+        tasks = [(await submit(batcher, item(i)))[1] for i in (1, 2)]
+        await prefetched(engine, 1)
+        await batcher.stop()
+        for task in tasks:
+            with pytest.raises(ServiceError) as info:
+                await asyncio.wait_for(task, 2)
+            assert (info.value.status, info.value.code) == (503, "shutting_down")
+        assert engine.batches == [[0]]
+
+    run(body, prefetches=True, max_batch_size=2)

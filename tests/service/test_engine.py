@@ -102,3 +102,38 @@ def test_every_decode_op_matches_the_model(tiny_checkpoint: Path) -> None:
     assert torch.allclose(torch.stack(unit), expected_unit, atol=1e-5)
     got = torch.from_numpy(images[1]).permute(2, 0, 1).int()
     assert (got - expected_images[1].int()).abs().max() <= 1
+
+
+def test_a_prefetched_batch_computes_exactly_what_it_computes_unprefetched(tiny_checkpoint: Path) -> None:
+    """VQSERVE_PREFETCH=on (a GPU's default; here on the CPU): the batch handed over early is stacked on the copy
+    thread and its compute takes that stack; the results are bit for bit those of the same batch copied as it
+    computes, and `vqserve_prefetched_batches_total` counts it."""
+    from prometheus_client import REGISTRY
+
+    settings = Settings(model_path=tiny_checkpoint, prefetch="on", warmup=False)
+    engine = Engine(settings.model_specs()[0], settings)
+    engine.load()
+    assert engine.prefetches
+
+    def counted() -> float:
+        labels = {"model": engine.name, "op": "reconstruct"}
+        return REGISTRY.get_sample_value("vqserve_prefetched_batches_total", labels) or 0.0
+
+    images = list(torch.rand(3, 3, 16, 16) * 2 - 1)
+    before = counted()
+    plain = engine.run(Op.RECONSTRUCT, [image.clone() for image in images])
+    assert counted() == before  # nothing was prefetched for these tensors
+    engine.prefetch(Op.RECONSTRUCT, images)
+    ahead = engine.run(Op.RECONSTRUCT, images)
+    engine.close()
+    assert counted() == before + 1
+    assert all((a == b).all() for a, b in zip(plain, ahead, strict=True))
+
+
+def test_prefetch_is_off_on_a_cpu_by_default(tiny_checkpoint: Path) -> None:
+    settings = Settings(model_path=tiny_checkpoint, warmup=False)
+    engine = Engine(settings.model_specs()[0], settings)
+    engine.load()
+    assert settings.prefetch == "auto"
+    assert not engine.prefetches
+    engine.close()

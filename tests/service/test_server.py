@@ -49,6 +49,25 @@ def test_concurrent_requests_are_batched(tiny_checkpoint: Path, tmp_path: Path) 
         assert batches < 6
 
 
+def test_with_prefetch_on_the_next_full_batch_is_copied_ahead(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`--prefetch on` (a GPU's default): behind a slow request, full batches are taken and copied ahead while
+    the batch before them computes, and every request is answered with its own codes."""
+    images = [png(32, 32, seed=i) for i in range(6)]
+    with (
+        serving_checkpoint(tiny_checkpoint, tmp_path, "--max-batch-size", "2", "--prefetch", "on") as server,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        alone = [post(server.url, "/encode", image).json()["indices"] for image in images[:2]]
+        slow = hold_engine(server, pool)
+        replies = [pool.submit(post, server.url, "/encode", image) for image in images]
+        assert all(r.result().status_code == 200 for r in replies)
+        assert slow.result().status_code == 200
+        assert server.metric("vqserve_prefetched_batches_total", op="encode") >= 1
+        assert server.metric("vqserve_batch_size_sum", op="encode") == 2 + 6
+    together = [r.result().json()["indices"] for r in replies[:2]]
+    assert together == alone  # the same image, the same codes, batched and prefetched or not
+
+
 def test_sigint_also_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with serving_checkpoint(tiny_checkpoint, tmp_path) as server:
         server.process.send_signal(signal.SIGINT)
