@@ -139,6 +139,24 @@ def test_service_vs_peers_quick_smoke_pass(tiny_checkpoint: Path) -> None:
     assert len(row["decoder_throughput_ratio_vs_default"]["rounds"]) == 1
 
 
+def test_service_settings_smoke_pass(tiny_checkpoint: Path) -> None:
+    """`python -m bench.service_settings`: two settings of a real vqserve, alternating, one short round; both
+    servers answer 200 and B / A is reported per size."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.service_settings", "--checkpoint", str(tiny_checkpoint), "--a", "",
+         "--b", "VQSERVE_MAX_BATCH_SIZE=1 VQSERVE_TORCH_THREADS=1", "--sizes", "32", "--rounds", "1",
+         "--seconds", "1.5", "--warmup", "0.5", "--concurrency", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    row = result["sizes"]["32"]
+    assert row["a"][0]["status"].get("200", 0) > 0
+    assert row["b"][0]["status"].get("200", 0) > 0
+    assert set(row["status"]["a"][0]) == {"200"}
+    assert row["b_over_a"]["rounds"][0] > 0
+    assert "| 32² |" in out.stdout
+
+
 def test_norm_fusion_quick_smoke_pass() -> None:
     """`python -m bench.norm_fusion --quick`: every candidate is checked against the baseline and A/B timed."""
     out = subprocess.run(
