@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import CPU_MAX_BATCH_PIXELS, CPU_MAX_BATCH_SIZE
 from tests.deploy.conftest import K8S, load_yaml
 
 OVERLAYS = ("cpu", "gpu")
@@ -187,7 +188,9 @@ def test_overlay_specifics(overlay: tuple[str, dict[str, dict[str, Any]]]) -> No
     else:
         assert env["VQSERVE_DEVICE"] == "cpu"
         assert env["VQSERVE_DTYPE"] == "float32"
-        assert env["VQSERVE_MAX_BATCH_SIZE"] == "4"  # the CPU value (tests/deploy/test_one_cpu_story.py)
+        # the CPU values (tests/deploy/test_one_cpu_story.py)
+        assert env["VQSERVE_MAX_BATCH_SIZE"] == str(CPU_MAX_BATCH_SIZE)
+        assert env["VQSERVE_MAX_BATCH_PIXELS"] == str(CPU_MAX_BATCH_PIXELS)
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
         assert "nodeSelector" not in pod
 
