@@ -2,7 +2,9 @@
 image at batch 1, 2, 4, 8, 16 and each image side (issues 19, 20).
 
 One reconstruct (encode, quantize, decode) of side x side images with the shipped default, in process, under
-inference mode, with the threads `python -m service` would use (the CPU quota; `--threads` overrides). Batch sizes
+inference mode, with the threads and the allocator policy `python -m service` uses (the CPU quota, `--threads`
+overrides; freed blocks kept for the next batch, `service/memory.py`: without it large batches page-fault their
+activations anew and look dearer than they are in the service). Batch sizes
 and sides alternate within each round, so load from a neighbour hits them all alike; per side, the median per-image
 time of each batch is printed side by side with its ratio to batch 1, and the pixels the batch holds.
 
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 
 from model import VQModel  # noqa: E402
 from service.cpus import available_cpus  # noqa: E402
+from service.memory import keep_freed_memory_for_reuse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +47,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0: the CPU quota, as the service sizes torch")
+    parser.add_argument(
+        "--decoder-dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="VQSERVE_DECODER_DTYPE"
+    )
     args = parser.parse_args()
+    keep_freed_memory_for_reuse()  # as `create_app` does, before any tensor is allocated
     threads = args.threads or available_cpus().count
     torch.set_num_threads(threads)
     model = VQModel.from_pretrained(args.checkpoint, device="cpu").eval().optimize_for_inference()
+    model.set_decoder_dtype(getattr(torch, args.decoder_dtype))
     generator = torch.Generator().manual_seed(0)
     cases = [(side, b) for side in args.sides for b in args.batches]
     inputs = {
@@ -60,7 +68,7 @@ def main() -> None:
         for case in cases:
             times[case].append(per_image_ms(model, inputs[case]))
     medians = {case: statistics.median(ts) for case, ts in times.items()}
-    print(f"reconstruct, {threads} torch threads, {args.rounds} alternating rounds")
+    print(f"reconstruct, decoder {args.decoder_dtype}, {threads} torch threads, {args.rounds} alternating rounds")
     print("| side | batch | pixels per batch | ms per image (median) | vs batch 1 |")
     print("|---|---|---|---|---|")
     for side, b in cases:
@@ -71,6 +79,7 @@ def main() -> None:
         json.dumps(
             {
                 "threads": threads,
+                "decoder_dtype": args.decoder_dtype,
                 "per_image_ms": {names[case]: medians[case] for case in cases},
                 "rounds": {names[case]: times[case] for case in cases},
             }

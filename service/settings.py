@@ -22,10 +22,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# On CPU the cost per image is lowest when a batch holds about 4 images of 128² (bench/README.md, "Batches on CPU"):
-# small images batch up to 16 (64²: 1.2x the throughput of batches of 4), larger ones fill the pixels instead.
+# On CPU the cost per image falls with the batch up to 16 images of 64² or 128² and is flat from 4 images of 256²
+# on (bench/README.md, "Batches on CPU"): small images batch up to 16, larger ones up to 4 images' worth of 256²
+# pixels, which keeps one batch's compute near a second there.
 CPU_MAX_BATCH_SIZE = 16
-CPU_MAX_BATCH_PIXELS = 4 * 128 * 128
+CPU_MAX_BATCH_PIXELS = 4 * 256 * 256
 GPU_MAX_BATCH_SIZE = 16
 GPU_MAX_BATCH_PIXELS = 16 * 1024 * 1024
 
@@ -116,12 +117,12 @@ class Settings(BaseSettings):
     # batching
     max_batch_size: Literal["auto"] | int = Field(  # bounds: `_auto_or_positive`, which gives the one-line message
         default="auto",
-        description="images per batch (`auto`: 16 on CPU, 16 on GPU; on CPU the pixel bound binds first above 64²)",
+        description="images per batch (`auto`: 16 on CPU, 16 on GPU; on CPU the pixel bound binds first above 128²)",
     )
     max_batch_pixels: Literal["auto"] | int = Field(
         default="auto",
-        description="image pixels per batch (`auto`: 65536 on CPU, 4 images of 128², where a batch costs least per "
-        "image; 16777216 on GPU); one image larger than this still forms a batch of its own",
+        description="image pixels per batch (`auto`: 262144 on CPU, 4 images of 256², beyond which a batch costs no "
+        "less per image; 16777216 on GPU); one image larger than this still forms a batch of its own",
     )
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="longest wait for requests still being decoded, from the oldest arrival"

@@ -83,11 +83,11 @@ def test_max_batch_size_auto_depends_on_the_device(tiny_checkpoint: Path) -> Non
 
 
 def test_max_batch_pixels_auto_depends_on_the_device(tiny_checkpoint: Path) -> None:
-    """On CPU a batch holds about 4 images of 128² (the cheapest per image, bench/README.md); on GPU it is large."""
+    """On CPU a batch holds up to 16 images of 128² or 4 of 256² (bench/README.md, "Batches on CPU"); on GPU more."""
     assert Settings().max_batch_pixels == "auto"
     policy = Services(Settings(model_path=tiny_checkpoint, device="cpu")).batcher.policy
-    assert policy.max_batch_pixels == CPU_MAX_BATCH_PIXELS == 4 * 128 * 128
-    assert policy.max_batch_size * 64 * 64 == CPU_MAX_BATCH_PIXELS  # 16 images of 64², then the pixels bind
+    assert policy.max_batch_pixels == CPU_MAX_BATCH_PIXELS == 4 * 256 * 256
+    assert policy.max_batch_size * 128 * 128 == CPU_MAX_BATCH_PIXELS  # 16 images of 128², then the pixels bind
     assert Settings().batch_pixels_on("cuda") == GPU_MAX_BATCH_PIXELS
     assert Settings(max_batch_pixels="4096").batch_pixels_on("cpu") == 4096  # an explicit value wins
     with pytest.raises(ValueError, match=r"must be >= 1 \(got 0\)"):
