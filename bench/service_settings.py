@@ -12,22 +12,12 @@ empty: the defaults).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
+import statistics
 import tempfile
 from pathlib import Path
 
-from bench.service_vs_peers import (
-    DEFAULT_CHECKPOINT,
-    VQSERVE_BENCH_ENV,
-    free_port,
-    load,
-    photo_png,
-    ratio,
-    server,
-    spread,
-)
+from bench.service_vs_peers import DEFAULT_CHECKPOINT, free_port, load, photo_png, ratio, spread, vqserve
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -36,12 +26,6 @@ def parse_setting(text: str) -> dict[str, str]:
     if any(len(pair) != 2 for pair in pairs):
         raise SystemExit(f"a setting is NAME=value ... (got {text!r})")
     return dict(pairs)  # type: ignore[arg-type]
-
-
-def vqserve(checkpoint: Path, port: int, env: dict[str, str]) -> contextlib.AbstractContextManager[None]:
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--model-path", str(checkpoint)]
-    return server(command, f"http://127.0.0.1:{port}/readyz", {**VQSERVE_BENCH_ENV, **env})
 
 
 def main() -> None:
@@ -65,7 +49,7 @@ def main() -> None:
             path.write_bytes(photo_png(size))
         for _ in range(args.rounds):
             for name in ("a", "b"):
-                with vqserve(args.checkpoint, port, settings[name]):
+                with vqserve(args.checkpoint, port, env=settings[name]):
                     for size in args.sizes:
                         result = load(url, "vqserve", images[size], args.concurrency, args.seconds, args.warmup)
                         runs[size][name].append(result)
@@ -76,10 +60,8 @@ def main() -> None:
     for size in args.sizes:
         a, b = runs[size]["a"], runs[size]["b"]
         ratios = spread([ratio(y["throughput_rps"], x["throughput_rps"]) for x, y in zip(a, b, strict=True)])
-        rps_a = sorted(r["throughput_rps"] for r in a)[len(a) // 2]
-        rps_b = sorted(r["throughput_rps"] for r in b)[len(b) // 2]
-        p99_a = sorted(r["p99_ms"] for r in a)[len(a) // 2]
-        p99_b = sorted(r["p99_ms"] for r in b)[len(b) // 2]
+        rps_a, rps_b = (statistics.median(r["throughput_rps"] for r in runs) for runs in (a, b))
+        p99_a, p99_b = (statistics.median(r["p99_ms"] for r in runs) for runs in (a, b))
         print(
             f"| {size}² | {rps_a:.1f} | {rps_b:.1f} | {ratios['median']:.2f}x ({ratios['min']:.2f}-{ratios['max']:.2f})"
             f" | {p99_a:.0f} / {p99_b:.0f} |"

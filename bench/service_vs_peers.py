@@ -96,8 +96,11 @@ def server(command: list[str], ready_url: str, env: dict[str, str] | None = None
 VQSERVE_BENCH_ENV = {"VQSERVE_MAX_WAIT_MS": "5", "VQSERVE_MAX_QUEUE": "1024"}
 
 
-def vqserve(checkpoint: Path, port: int, decoder_dtype: str = "auto") -> contextlib.AbstractContextManager[None]:
-    env = {**VQSERVE_BENCH_ENV, "VQSERVE_DECODER_DTYPE": decoder_dtype}
+def vqserve(
+    checkpoint: Path, port: int, decoder_dtype: str = "auto", env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """`python -m service` on 127.0.0.1:`port` with the benchmark's queue settings, then `env` (settings to try)."""
+    env = {**VQSERVE_BENCH_ENV, "VQSERVE_DECODER_DTYPE": decoder_dtype, **(env or {})}
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--model-path", str(checkpoint)]
     return server(command, f"http://127.0.0.1:{port}/readyz", env)

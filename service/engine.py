@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -216,7 +216,7 @@ class Engine:
         ops copy as they compute."""
         if self._prefetch_executor is None or op not in PREFETCHABLE_OPS:
             return
-        tensors = [p for p in payloads if isinstance(p, torch.Tensor)]  # these ops' payloads are all tensors
+        tensors = cast(list[torch.Tensor], payloads)  # the payloads of PREFETCHABLE_OPS are tensors (`_stack`)
         used = metrics.PREFETCHED_BATCHES.labels(self.name, op).inc
         transfers(self._loaded().device).prefetch(tensors, self._prefetch_executor, used)
 

@@ -51,7 +51,7 @@ def test_concurrent_requests_are_batched(tiny_checkpoint: Path, tmp_path: Path) 
 
 def test_with_prefetch_on_the_next_full_batch_is_copied_ahead(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`--prefetch on` (a GPU's default): behind a slow request, full batches are taken and copied ahead while
-    the batch before them computes, and every request is answered with its own codes."""
+    the batch before them computes; every request is answered, and images sent alone first get the same codes."""
     images = [png(32, 32, seed=i) for i in range(6)]
     with (
         serving_checkpoint(tiny_checkpoint, tmp_path, "--max-batch-size", "2", "--prefetch", "on") as server,
